@@ -1,0 +1,23 @@
+# The two things a user runs: `make run` (the main job) and `make test` (lint + tests).
+# Both create the virtual environment $(VENV) on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Real benchmark splits for the data tests, when a copy sits beside the checkout.
+ESAWD_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
+export ESAWD_DATA_DIR
+
+.PHONY: test lint install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg requirements.txt requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q
