@@ -1,0 +1,410 @@
+"""Tests for esawd.es against an independent numpy implementation of Algorithm 1."""
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from esawd import es
+
+# A small pytree with mixed shapes, a stacked-layer leaf (prime dims) and a bfloat16 leaf.
+SHAPES = {
+    "embed": ((11, 7), jnp.float32),
+    "layers": {"w": ((3, 7, 5), jnp.float32), "scale": ((3, 5), jnp.bfloat16)},
+    "head": {"bias": ((13,), jnp.float32)},
+}
+
+
+def make_params(seed=0):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda sd: jnp.asarray(rng.normal(size=sd[0]), sd[1]),
+        SHAPES,
+        is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple),
+    )
+
+
+def to_np(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def cast_like(tree_np, like):
+    """Round a float64 numpy tree to the dtypes of `like`, as the library does."""
+
+    def cast(x, ref):
+        dt = ml_dtypes.bfloat16 if ref.dtype == jnp.bfloat16 else np.float32
+        return x.astype(dt).astype(np.float64)
+
+    return jax.tree.map(cast, tree_np, like)
+
+
+def np_fitness(tree):
+    """A smooth reward of every leaf (numpy, float64)."""
+    leaves = jax.tree.leaves(tree)
+    return -sum(float(np.sum((x - 0.3) ** 2) + np.sum(np.sin(3 * x))) for x in leaves)
+
+
+def jnp_fitness(tree, key):
+    del key
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    return -sum(jnp.sum((x - 0.3) ** 2) + jnp.sum(jnp.sin(3 * x)) for x in leaves)
+
+
+def np_algorithm1(theta, theta0, seeds, *, sigma, alpha, antithetic, kind, lam, like):
+    """One iteration of Algorithm 1 in numpy, noise taken from esawd's generator."""
+    eps = [to_np(es.sample_noise(like, int(s))) for s in seeds]
+    signs = [1.0, -1.0] if antithetic else [1.0]
+    rewards = np.array(
+        [
+            [
+                np_fitness(
+                    cast_like(jax.tree.map(lambda t, e, g=g: t + g * sigma * e, theta, ep), like)
+                )
+                for ep in eps
+            ]
+            for g in signs
+        ]
+    )
+    z = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+    coeffs = z[0] - z[1] if antithetic else z[0]
+    n = rewards.size
+    step = jax.tree.map(lambda *e: sum(c * x for c, x in zip(coeffs, e, strict=True)), *eps)
+    theta = cast_like(jax.tree.map(lambda t, s: t + alpha / n * s, theta, step), like)
+    if kind == "l2":
+        theta = jax.tree.map(lambda t, a: a + (1 - alpha * lam) * (t - a), theta, theta0)
+    elif kind == "l1":
+        theta = jax.tree.map(
+            lambda t, a: a + np.sign(t - a) * np.maximum(np.abs(t - a) - alpha * lam, 0),
+            theta,
+            theta0,
+        )
+    return cast_like(theta, like)
+
+
+@pytest.mark.parametrize(
+    "antithetic,kind,lam",
+    [(False, "none", 0.0), (True, "none", 0.0), (False, "l2", 5.0), (True, "l1", 0.02)],
+)
+@pytest.mark.parametrize("fused", [False, True])
+def test_matches_numpy_algorithm1(antithetic, kind, lam, fused):
+    sigma, alpha, k = 0.05, 0.02, 6
+    params = make_params()
+    theta0_np = to_np(params)
+    theta_np = theta0_np
+    anchor = es.host_anchor(params)
+    for t in range(4):
+        seeds = es.iteration_seeds(base_seed=1, iteration=t, population_size=k)
+        theta_np = np_algorithm1(
+            theta_np,
+            theta0_np,
+            np.asarray(seeds),
+            sigma=sigma,
+            alpha=alpha,
+            antithetic=antithetic,
+            kind=kind,
+            lam=lam,
+            like=params,
+        )
+        rewards = es.evaluate_population(
+            jnp_fitness, params, seeds, sigma=sigma, antithetic=antithetic
+        )
+        coeffs = es.normalize_rewards(rewards, antithetic=antithetic)
+        n = 2 * k if antithetic else k
+        if fused:
+            params = es.es_step(
+                params, anchor, seeds, coeffs, alpha=alpha, population_size=n, lam=lam, kind=kind
+            )
+        else:
+            params = es.es_update(params, seeds, coeffs, alpha=alpha, population_size=n)
+            params = es.anchored_decay(params, anchor.to_device(), alpha=alpha, lam=lam, kind=kind)
+    moved = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(*map(jax.tree.leaves, (theta_np, theta0_np)), strict=True)
+    )
+    assert moved > 1e-3  # the run really changed the parameters
+    for got, want, like in zip(
+        jax.tree.leaves(to_np(params)),
+        jax.tree.leaves(theta_np),
+        jax.tree.leaves(params),
+        strict=True,
+    ):
+        # bfloat16 leaves may differ by one rounding step where float32/float64 arithmetic
+        # straddles a bfloat16 boundary.
+        tol = 2**-7 if like.dtype == jnp.bfloat16 else 2e-6
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# --- noise --------------------------------------------------------------------------------
+
+
+def big_tree():
+    return {
+        "a": jnp.zeros((300, 200)),
+        "b": jnp.zeros((300, 200)),
+        "layers": {"w": jnp.zeros((4, 300, 200))},
+    }
+
+
+def corr(x, y):
+    return float(np.corrcoef(np.ravel(x), np.ravel(y))[0, 1])
+
+
+def test_noise_is_deterministic_and_standard_normal():
+    tree = big_tree()
+    e1, e2 = es.sample_noise(tree, 7), es.sample_noise(tree, 7)
+    for x, y in zip(jax.tree.leaves(e1), jax.tree.leaves(e2), strict=True):
+        assert x.dtype == jnp.float32
+        np.testing.assert_array_equal(x, y)
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(e1)])
+    n = flat.size  # 360k samples: mean within 5 standard errors, std within 1%
+    assert abs(flat.mean()) < 5 / np.sqrt(n)
+    assert abs(flat.std() - 1) < 0.01
+    assert abs(np.mean(flat**3)) < 0.05  # symmetric
+    assert abs(np.mean(flat**4) - 3) < 0.1  # Gaussian tails
+
+
+def test_noise_is_uncorrelated_across_seeds_leaves_and_layers():
+    tree = big_tree()
+    e1, e2 = es.sample_noise(tree, 1), es.sample_noise(tree, 2)
+    bound = 5 / np.sqrt(300 * 200)
+    assert abs(corr(e1["a"], e2["a"])) < bound  # seeds
+    assert abs(corr(e1["a"], e1["b"])) < bound  # leaves of the same shape
+    w = e1["layers"]["w"]
+    assert abs(corr(w[0], w[1])) < bound  # layers
+    assert abs(corr(w[2], e1["a"])) < bound
+
+
+def test_layer_slice_regenerated_alone_equals_full_draw():
+    tree = big_tree()
+    full = es.sample_noise(tree, 11)["layers"]["w"]
+    path = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
+    devices = jax.devices()
+    for i in reversed(range(4)):  # any order, any device
+        with jax.default_device(devices[i % len(devices)]):
+            alone = es.slice_noise(11, path, (4, 300, 200), layer=i)
+        np.testing.assert_array_equal(np.asarray(alone), np.asarray(full[i]))
+    # A leaf regenerated alone, in a tree without its siblings, equals the full draw too.
+    only = es.sample_noise({"layers": {"w": tree["layers"]["w"]}}, 11)["layers"]["w"]
+    np.testing.assert_array_equal(only, full)
+    with pytest.raises(ValueError, match="layer=4"):
+        es.slice_noise(11, path, (4, 300, 200), layer=4)
+
+
+def test_shape_noise_sharing_reproduces_reference_correlation():
+    tree = big_tree()
+    e = es.sample_noise(tree, 3, noise_sharing="shape")
+    np.testing.assert_array_equal(e["a"], e["b"])  # same shape, same noise
+    np.testing.assert_array_equal(e["layers"]["w"][0], e["layers"]["w"][3])
+    np.testing.assert_array_equal(e["layers"]["w"][1], e["a"])
+    assert abs(corr(e["a"], es.sample_noise(tree, 4, noise_sharing="shape")["a"])) < 0.03
+    with pytest.raises(ValueError, match="noise_sharing='tensor'"):
+        es.sample_noise(tree, 3, noise_sharing="tensor")
+
+
+def test_perturb_casts_back_and_matches_noise():
+    params = make_params()
+    out = es.perturb(params, 5, sigma=0.1, sign=-1.0)
+    eps = es.sample_noise(params, 5)
+    for p, q, e in zip(*map(jax.tree.leaves, (params, out, eps)), strict=True):
+        assert q.dtype == p.dtype
+        want = (p.astype(jnp.float32) - 0.1 * e).astype(p.dtype)
+        tol = 2**-8 if p.dtype == jnp.bfloat16 else 1e-6  # fused multiply-add rounding
+        np.testing.assert_allclose(q.astype(np.float32), want.astype(np.float32), rtol=tol)
+        assert float(jnp.max(jnp.abs(q.astype(jnp.float32) - p.astype(jnp.float32)))) > 0.01
+
+
+def test_iteration_seeds_are_a_pure_function_of_seed_and_iteration():
+    a = es.iteration_seeds(base_seed=0, iteration=3, population_size=30)
+    np.testing.assert_array_equal(
+        a, es.iteration_seeds(base_seed=0, iteration=3, population_size=30)
+    )
+    b = es.iteration_seeds(base_seed=0, iteration=4, population_size=30)
+    c = es.iteration_seeds(base_seed=1, iteration=3, population_size=30)
+    assert len(set(np.asarray(a).tolist())) == 30
+    assert not set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())
+    assert not set(np.asarray(a).tolist()) & set(np.asarray(c).tolist())
+    assert int(np.max(a)) < 2**31
+
+
+# --- rewards ------------------------------------------------------------------------------
+
+
+def test_normalize_rewards_golden_values():
+    z = es.normalize_rewards(np.array([1.0, 2.0, 3.0, 4.0]))
+    std = np.std([1, 2, 3, 4])
+    np.testing.assert_allclose(z, (np.array([1, 2, 3, 4]) - 2.5) / (std + 1e-8), rtol=1e-6)
+    anti = np.array([[1.0, 5.0], [3.0, 3.0]])
+    za = (anti - anti.mean()) / (anti.std() + 1e-8)
+    np.testing.assert_allclose(
+        es.normalize_rewards(anti, antithetic=True), za[0] - za[1], rtol=1e-6
+    )
+    flat = es.normalize_rewards(np.full(8, 0.7))
+    assert np.all(np.asarray(flat) == 0) and np.all(np.isfinite(flat))
+    assert np.all(np.asarray(es.normalize_rewards(np.ones((2, 4)), antithetic=True)) == 0)
+    tiny = es.normalize_rewards(np.array([0.7, 0.7, 0.7 + 1e-12]))  # below the 1e-8 floor
+    assert np.all(np.abs(tiny) < 1e-3)
+
+
+def test_normalize_rewards_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[2, K\]"):
+        es.normalize_rewards(np.ones(6), antithetic=True)
+    with pytest.raises(ValueError, match=r"shape \[N\]"):
+        es.normalize_rewards(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        es.normalize_rewards(np.array([1.0, np.nan]))
+
+
+# --- anchored decay -----------------------------------------------------------------------
+
+
+def test_anchored_decay_golden_values():
+    anchor = {"w": jnp.array([0.0, 1.0, 1.0, -2.0])}
+    params = {"w": jnp.array([0.5, 1.0, 0.9, -1.0])}
+    l2 = es.anchored_decay(params, anchor, alpha=0.1, lam=2.0, kind="l2")  # shrink by 0.8
+    np.testing.assert_allclose(l2["w"], [0.4, 1.0, 0.92, -1.2], rtol=1e-6)
+    l1 = es.anchored_decay(params, anchor, alpha=0.1, lam=2.0, kind="l1")  # threshold 0.2
+    np.testing.assert_allclose(l1["w"], [0.3, 1.0, 1.0, -1.2], rtol=1e-6)
+    assert es.anchored_decay(params, anchor, alpha=0.1, lam=0.0, kind="l2") is params
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lam": -1.0, "kind": "l2"}, "lam=-1.0"),
+        ({"lam": 1.0, "kind": "l3"}, "kind='l3'"),
+        ({"lam": 20.0, "kind": "l2"}, r"alpha\*lam < 1.*lam=20.0"),
+    ],
+)
+def test_anchored_decay_rejects_bad_settings(kwargs, match):
+    p = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match=match):
+        es.anchored_decay(p, p, alpha=0.05, **kwargs)
+
+
+def test_l1_with_large_threshold_is_allowed():
+    p, a = {"w": jnp.array([3.0])}, {"w": jnp.array([0.0])}
+    out = es.anchored_decay(p, a, alpha=0.5, lam=4.0, kind="l1")  # alpha*lam = 2 >= 1 is fine
+    np.testing.assert_allclose(out["w"], [1.0])
+
+
+# --- host anchor and the fused step ---------------------------------------------------------
+
+
+def test_anchor_lives_in_pinned_host_memory_and_round_trips():
+    params = make_params()
+    anchor = es.host_anchor(params)
+    kinds = {a.sharding.memory_kind for a in anchor.arrays()}
+    assert kinds == {"pinned_host"}
+    # Stacked leaves are split into one host array per layer.
+    assert len(anchor.arrays()) == len(jax.tree.leaves(params)) - 2 + 2 * 3
+    back = anchor.to_device()
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        assert x.sharding.memory_kind == "device"
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("kind,lam", [("l2", 10.0), ("l1", 0.01), ("none", 0.0)])
+def test_es_step_equals_update_then_device_anchored_decay(kind, lam):
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), make_params(1))
+    theta0 = make_params(2)
+    theta0 = jax.tree.map(lambda x: x.astype(jnp.float32), theta0)
+    anchor = es.host_anchor(theta0)
+    seeds = es.iteration_seeds(base_seed=3, iteration=0, population_size=9)
+    coeffs = jnp.linspace(-1.5, 1.5, 9)
+    want = es.es_update(params, seeds, coeffs, alpha=0.01, population_size=9)
+    want = es.anchored_decay(want, theta0, alpha=0.01, lam=lam, kind=kind)
+    copy = jax.tree.map(jnp.copy, params)
+    got = es.es_step(copy, anchor, seeds, coeffs, alpha=0.01, population_size=9, lam=lam, kind=kind)
+    assert all(x.is_deleted() for x in jax.tree.leaves(copy))  # parameters were donated
+    for g, w, p in zip(*map(jax.tree.leaves, (got, want, params)), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+        assert float(jnp.max(jnp.abs(g - p))) > 1e-4
+
+
+def test_es_step_rejects_mismatched_anchor():
+    params = make_params()
+    anchor = es.host_anchor({"w": jnp.ones(3)})
+    with pytest.raises(ValueError, match="structure does not match"):
+        es.es_step(
+            params,
+            anchor,
+            np.arange(2),
+            np.ones(2),
+            alpha=0.1,
+            population_size=2,
+            lam=1.0,
+            kind="l2",
+        )
+
+
+def test_update_arguments_are_checked():
+    p = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="seeds and coeffs"):
+        es.es_update(p, np.arange(3), np.ones(2), alpha=0.1, population_size=3)
+    with pytest.raises(ValueError, match="alpha=-0.1"):
+        es.es_update(p, np.arange(2), np.ones(2), alpha=-0.1, population_size=2)
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def test_es_update_memory_does_not_grow_with_population():
+    # 4 MiB per leaf; 32 materialised noise trees would need 128 MiB per leaf.
+    params = {"embed": jnp.ones((4096, 256)), "layers": {"w": jnp.ones((4, 512, 512))}}
+    leaf_bytes = 4096 * 256 * 4
+
+    def temp_bytes(n):
+        lowered = es._es_update.lower(
+            params,
+            jnp.arange(n, dtype=jnp.uint32),
+            jnp.ones(n),
+            jnp.float32(0.1),
+            population_size=n,
+            noise_sharing="none",
+        )
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    t2, t32 = temp_bytes(2), temp_bytes(32)
+    assert t32 <= 1.05 * t2  # no N-sized buffer
+    assert t32 < 8 * leaf_bytes  # a few slice-sized buffers (noise, bits, accumulator)
+
+
+# --- sharded population evaluation -----------------------------------------------------------
+
+
+def quadratic_fitness(params, key):
+    noise = jax.random.normal(key, ())  # exercises the per-member fitness key
+    return -jnp.sum((params["embed"] - 0.1) ** 2) + 1e-3 * noise
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("n", [7, 8])
+def test_sharded_population_equals_single_device(n, antithetic):
+    assert jax.device_count() == 4
+    params = make_params()
+    seeds = es.iteration_seeds(base_seed=5, iteration=0, population_size=n)
+    one = es.population_mesh(jax.devices()[:1])
+    four = es.population_mesh(jax.devices()[:4])
+    kw = dict(sigma=0.1, antithetic=antithetic)
+    r1 = es.evaluate_population(quadratic_fitness, params, seeds, mesh=one, **kw)
+    r4 = es.evaluate_population(quadratic_fitness, params, seeds, mesh=four, **kw)
+    r4b = es.evaluate_population(
+        quadratic_fitness, params, seeds, mesh=four, members_per_batch=2, **kw
+    )
+    assert r1.shape == ((2, n) if antithetic else (n,))
+    np.testing.assert_allclose(r4, r1, rtol=1e-6)
+    np.testing.assert_allclose(r4b, r1, rtol=1e-6)
+    # And both equal evaluating each member directly.
+    signs = [1.0, -1.0] if antithetic else [1.0]
+    direct = np.array(
+        [
+            [
+                quadratic_fitness(es.perturb(params, s, sigma=0.1, sign=g), es.fitness_key(s))
+                for s in np.asarray(seeds)
+            ]
+            for g in signs
+        ]
+    )
+    np.testing.assert_allclose(np.reshape(r1, direct.shape), direct, rtol=1e-6)
+    assert np.std(direct) > 0
