@@ -1,0 +1,134 @@
+"""Decoder models (Llama 3.x, SmolLM2, Qwen2/2.5) and their checkpoints, as pure functions.
+
+    model = esawd.models.load("smollm2-135m-instruct")     # the embedded default
+    logits = esawd.models.forward(model.config, model.params, token_ids, mask)  # [B, T, V]
+
+`load` takes a preset name (see `PRESETS`), a Hugging Face model directory, a `.gguf` file or
+a hub id (downloaded with huggingface_hub when online). Parameters are a plain dict of float32
+arrays with per-layer weights stacked under params["layers"]; `config.dtype` is the compute
+dtype. `export` writes a Hugging Face directory that `load` and transformers read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from esawd.models.config import PRESETS, ModelConfig, check_matches, from_hf_config, to_hf_config
+from esawd.models.decoder import (
+    Cache,
+    cast_params,
+    forward,
+    hidden_states,
+    init_cache,
+    init_params,
+    logits_from_hidden,
+    param_shapes,
+    positions_from_mask,
+)
+from esawd.models.embedded import cache_dir
+from esawd.models.hf import export as _export_hf
+from esawd.models.tokenizer import chat_ids, load_tokenizer
+from esawd.types import Params
+
+__all__ = [
+    "PRESETS",
+    "Cache",
+    "Model",
+    "ModelConfig",
+    "cache_dir",
+    "cast_params",
+    "chat_ids",
+    "export",
+    "forward",
+    "from_hf_config",
+    "hidden_states",
+    "init_cache",
+    "init_params",
+    "load",
+    "load_tokenizer",
+    "logits_from_hidden",
+    "param_shapes",
+    "positions_from_mask",
+    "to_hf_config",
+]
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: static config, float32 parameter pytree, transformers tokenizer."""
+
+    config: ModelConfig
+    params: Params
+    tokenizer: Any
+    source: str = ""
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - huggingface_hub is a requirement
+        raise ImportError("loading from the hub needs `pip install huggingface_hub`") from e
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
+            "download it elsewhere and pass its local directory to esawd.models.load"
+        ) from e
+
+
+def _load_hf_dir(directory: Path, *, dtype: str, tokenizer: bool) -> Model:
+    from esawd.models import hf
+
+    config = hf.read_config(directory, dtype=dtype)
+    params = hf.load_params(directory, config)
+    tok = load_tokenizer(directory) if tokenizer else None
+    return Model(config, params, tok, str(directory))
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    cache: str | os.PathLike | None = None,
+    tokenizer: bool = True,
+) -> Model:
+    """Load a model by preset name, local HF directory, .gguf file or hub id."""
+    from esawd.models import embedded, gguf_io
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name in PRESETS:
+        repo_id, preset = PRESETS[name]
+        if name == "smollm2-135m-instruct":
+            directory = embedded.converted_dir(cache=cache)
+        else:
+            directory = _hub_snapshot(repo_id)
+        model = _load_hf_dir(directory, dtype=dtype, tokenizer=tokenizer)
+        check_matches(preset, model.config, source=f"{directory} (preset {name!r})")
+        return model
+    if path.is_dir():
+        return _load_hf_dir(path, dtype=dtype, tokenizer=tokenizer)
+    if path.suffix == ".gguf":
+        config, params = gguf_io.load_gguf(path, dtype=dtype)
+        tok = load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
+        return Model(config, params, tok, str(path))
+    if path.exists():
+        raise ValueError(
+            f"{path} is a file but not a .gguf; pass a Hugging Face model directory instead"
+        )
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return _load_hf_dir(_hub_snapshot(name), dtype=dtype, tokenizer=tokenizer)
+    raise FileNotFoundError(
+        f"no model {name!r}: not a preset ({sorted(PRESETS)}), not an existing directory or "
+        ".gguf file, and not a hub id of the form 'org/name'"
+    )
+
+
+def export(model: Model, directory: str | os.PathLike) -> Path:
+    """Write `model` as a Hugging Face directory (config.json, model.safetensors, tokenizer)."""
+    return _export_hf(model.config, model.params, directory, tokenizer=model.tokenizer)

@@ -1,0 +1,248 @@
+"""The decoder: Llama 3.x / SmolLM2 / Qwen2 in Flax linen, as pure functions over a param dict.
+
+Architecture (Touvron et al. 2023; Qwen2 technical report 2024): pre-norm blocks of grouped-
+query attention with rotary position embeddings and a SwiGLU MLP, RMSNorm everywhere. The
+decoder layers are one `nn.scan`ned block, so every per-layer weight is stacked on a leading
+layer axis under params["layers"] (the layout `esawd.es` perturbs) and compile time does not
+grow with depth.
+
+Parameter layout (float32 masters; kernels are [in, out], i.e. the transpose of torch's):
+
+    embed/embedding        [V, D]
+    layers/attn_norm/scale [L, D]
+    layers/attn/{q,k,v}_proj/kernel [L, D, H*hd | K*hd]   (+ bias [L, H*hd | K*hd] for Qwen2)
+    layers/attn/o_proj/kernel       [L, H*hd, D]
+    layers/mlp_norm/scale  [L, D]
+    layers/mlp/{gate,up}_proj/kernel [L, D, F];  layers/mlp/down_proj/kernel [L, F, D]
+    norm/scale             [D]
+    lm_head/kernel         [D, V]   (only when the embeddings are untied)
+
+One attention code path serves the full forward pass, prefill into a KV cache and one-token
+decoding: a query at row t may attend to key slot s iff s <= write_index + t and the key slot is
+valid (a real token). The KV cache is [L, B, K, S, hd] so the decode-step attention is a plain
+batched matmul over (batch, kv-head) without transposing the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esawd.models.config import ModelConfig, rope_inv_freq
+from esawd.types import Params
+
+Cache = dict[str, jax.Array]  # {"k": [L, B, K, S, hd], "v": [L, B, K, S, hd]}
+
+_MASKED = -1e30  # finite, so a query row with no valid key gives uniform weights, not NaN
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, scaled in the input dtype (as transformers does)."""
+
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding, half-split convention: x [B, T, N, hd]; cos/sin [B, T, hd]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def rope_tables(config: ModelConfig, positions: jax.Array, dtype: Any) -> tuple[jax.Array, ...]:
+    """cos and sin tables [B, T, hd] for integer positions [B, T], computed in float32."""
+    inv_freq = jnp.asarray(rope_inv_freq(config))  # [hd/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, hd]
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _dense(features: int, name: str, *, bias: bool = False) -> nn.Dense:
+    # HF's initializer_range; dtype=None keeps the dtype the (pre-cast) params arrive in.
+    init = nn.initializers.normal(0.02)
+    return nn.Dense(features, use_bias=bias, kernel_init=init, name=name, dtype=None)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with rotary embeddings and an optional KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, key_valid, cache, layer, write_index):
+        c = self.config
+        B, T, _ = x.shape
+        K, G, hd = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
+        q = _dense(c.n_heads * hd, "q_proj", bias=c.qkv_bias)(x).reshape(B, T, c.n_heads, hd)
+        k = _dense(K * hd, "k_proj", bias=c.qkv_bias)(x).reshape(B, T, K, hd)
+        v = _dense(K * hd, "v_proj", bias=c.qkv_bias)(x).reshape(B, T, K, hd)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k = k.transpose(0, 2, 1, 3)  # [B, K, T, hd]
+        v = v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
+        if cache is not None:
+            # In-place write into the stacked cache (the scan carries it, so XLA reuses it).
+            start = (layer, 0, 0, write_index, 0)
+            cache = {
+                "k": jax.lax.dynamic_update_slice(
+                    cache["k"], k[None].astype(cache["k"].dtype), start
+                ),
+                "v": jax.lax.dynamic_update_slice(
+                    cache["v"], v[None].astype(cache["v"].dtype), start
+                ),
+            }
+            k = jax.lax.dynamic_index_in_dim(cache["k"], layer, keepdims=False)  # [B, K, S, hd]
+            v = jax.lax.dynamic_index_in_dim(cache["v"], layer, keepdims=False)  # [B, K, S, hd]
+        S = k.shape[2]
+        q = q.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * np.float32(1.0 / np.sqrt(hd))  # [B, K, G, T, S]
+        allowed = jnp.arange(S)[None, :] <= write_index + jnp.arange(T)[:, None]  # [T, S]
+        allowed = allowed[None] & key_valid[:, None, :]  # [B, T, S]
+        scores = jnp.where(allowed[:, None, None], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, c.n_heads * hd)
+        return _dense(c.d_model, "o_proj")(out), cache
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        h = nn.silu(_dense(c.d_ff, "gate_proj")(x)) * _dense(c.d_ff, "up_proj")(x)
+        return _dense(c.d_model, "down_proj")(h)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; the scan carry is (hidden, cache, layer index)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, carry, cos, sin, key_valid, write_index):
+        h, cache, layer = carry
+        c = self.config
+        a, cache = Attention(c, name="attn")(
+            RMSNorm(c.rms_eps, name="attn_norm")(h), cos, sin, key_valid, cache, layer, write_index
+        )
+        h = h + a
+        h = h + MLP(c, name="mlp")(RMSNorm(c.rms_eps, name="mlp_norm")(h))
+        return (h, cache, layer + 1), None
+
+
+class Decoder(nn.Module):
+    """Embedding, scanned layers, final norm; `logits` applies the (tied or untied) head."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.embed = nn.Embed(
+            c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02), name="embed"
+        )
+        self.layers = nn.scan(
+            Block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.n_layers,
+        )(c, name="layers")
+        self.norm = RMSNorm(c.rms_eps, name="norm")
+        if not c.tie_embeddings:
+            self.lm_head = _dense(c.vocab_size, "lm_head")
+
+    def __call__(self, token_ids, positions, key_valid, cache=None, write_index=0):
+        """Hidden states [B, T, D] after the final norm, and the updated cache."""
+        h = self.embed(token_ids)  # [B, T, D]
+        cos, sin = rope_tables(self.config, positions, h.dtype)
+        (h, cache, _), _ = self.layers((h, cache, 0), cos, sin, key_valid, write_index)
+        return self.norm(h), cache
+
+    def logits(self, h):
+        """Float32 logits [..., V] from final hidden states [..., D]."""
+        if self.config.tie_embeddings:
+            out = self.embed.attend(h)
+        else:
+            out = self.lm_head(h)
+        return out.astype(jnp.float32)
+
+    def init_all(self, token_ids):
+        """Touch every parameter (used only by `init_params`)."""
+        mask = jnp.ones(token_ids.shape, bool)
+        h, _ = self(token_ids, jnp.zeros(token_ids.shape, jnp.int32), mask)
+        return self.logits(h)
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random float32 parameters (normal(0.02) weights, unit norms) for `config`."""
+    dummy = jnp.zeros((1, 2), jnp.int32)
+    f32 = config.replace(dtype="float32")
+    params = Decoder(f32).init(key, dummy, method=Decoder.init_all)["params"]
+    return jax.tree.map(lambda x: x.astype(jnp.float32), nn.unbox(params))
+
+
+def cast_params(params: Params, dtype: Any) -> Params:
+    """The parameter pytree in the compute dtype (a no-op for float32)."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda x: x if x.dtype == dtype else x.astype(dtype), params)
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions [B, T]: 0, 1, ... on real tokens counted from each row's first real token."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def hidden_states(
+    config: ModelConfig,
+    params: Params,
+    token_ids: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    *,
+    cache: Cache | None = None,
+    write_index: jax.Array | int = 0,
+) -> tuple[jax.Array, Cache | None]:
+    """Final hidden states [B, T, D] in the compute dtype and the updated KV cache."""
+    p = cast_params(params, config.dtype)
+    return Decoder(config).apply({"params": p}, token_ids, positions, key_valid, cache, write_index)
+
+
+def logits_from_hidden(config: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] from final hidden states [..., D]."""
+    p = cast_params(params, config.dtype)
+    return Decoder(config).apply({"params": p}, h, method=Decoder.logits)
+
+
+def forward(
+    config: ModelConfig, params: Params, token_ids: jax.Array, mask: jax.Array
+) -> jax.Array:
+    """Logits [B, T, V] (float32) for token_ids [B, T]; mask [B, T] is True on real tokens."""
+    mask = jnp.asarray(mask, bool)
+    h, _ = hidden_states(config, params, token_ids, positions_from_mask(mask), mask)
+    return logits_from_hidden(config, params, h)
+
+
+def init_cache(config: ModelConfig, *, batch: int, length: int) -> Cache:
+    """An all-zero KV cache {"k", "v"}: [L, B, K, length, hd] in the compute dtype."""
+    shape = (config.n_layers, batch, config.n_kv_heads, length, config.head_dim)
+    return {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+
+
+def param_shapes(config: ModelConfig) -> dict[str, Any]:
+    """The expected parameter tree of `config` as shapes (no memory is allocated)."""
+    shapes = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+    return jax.tree.map(lambda s: tuple(s.shape), shapes)
