@@ -1,0 +1,290 @@
+"""Sampling and scoring for the decoders of `esawd.models`, as pure jitted functions.
+
+ES evaluates every population member by generating from perturbed parameters, so generation
+is one pure function of (params, prompts, key): `generate` prefills a static KV cache and runs
+the decode loop in a `lax.while_loop` inside a single `jax.jit`, exiting early once every row
+has emitted an EOS. Prompts are left-padded with an explicit mask (chat templates put the EOS
+token inside prompts, so padding is never detected by token value); positions come from the
+mask, and prompt widths are rounded up to a bucket so new batches reuse the compiled code.
+
+`prefill` and `decode_step` expose the same two phases one call at a time, donating the cache
+so it is updated in place across calls; `sequence_log_probs` scores given continuations (for
+KL penalties and GRPO).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esawd.models import (
+    Cache,
+    ModelConfig,
+    cast_params,
+    hidden_states,
+    init_cache,
+    logits_from_hidden,
+    positions_from_mask,
+)
+from esawd.types import Params, PRNGKey
+
+# ------------------------------------------------------------------------------ batching
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], *, pad_id: int = 0, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists into ids [B, T] (int32) and mask [B, T] (True on real tokens)."""
+    longest = max((len(s) for s in sequences), default=0)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"a sequence has {longest} tokens, longer than length={length}")
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), bool)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, length - len(s) :] = s
+            mask[i, length - len(s) :] = True
+    return ids, mask
+
+
+def _check_left_padded(mask: np.ndarray, name: str) -> None:
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be [batch, time], got shape {mask.shape}")
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise ValueError(f"{name} row {int(empty[0])} has no real token; every prompt needs one")
+    # left padded <=> once a row turns True it stays True
+    bad = np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{name} row {int(bad[0])} is not left-padded (a real token is followed by padding); "
+            "build prompts with esawd.sampling.left_pad"
+        )
+
+
+def bucket_width(n: int, *, bucket: int) -> int:
+    """The prompt width `n` is padded to: the next multiple of `bucket`."""
+    return -(-n // bucket) * bucket
+
+
+# ------------------------------------------------------------------------------ the two phases
+
+
+def _prefill(config, params, prompt_ids, prompt_mask, cache):
+    """Run the prompt [B, P] into cache slots [0, P); logits [B, V] of its last position."""
+    P, S = prompt_ids.shape[1], cache["k"].shape[3]
+    cache_mask = jnp.pad(prompt_mask, ((0, 0), (0, S - P)))  # [B, S]
+    h, cache = hidden_states(
+        config, params, prompt_ids, positions_from_mask(prompt_mask), cache_mask, cache=cache
+    )
+    return logits_from_hidden(config, params, h[:, -1]), cache, cache_mask
+
+
+def _decode(config, params, token, position, cache_mask, cache, write_index):
+    """One token per row at cache slot write_index: logits [B, V] and the updated cache."""
+    cache_mask = jax.lax.dynamic_update_slice(
+        cache_mask, jnp.ones((cache_mask.shape[0], 1), bool), (0, write_index)
+    )
+    h, cache = hidden_states(
+        config, params, token[:, None], position[:, None], cache_mask, cache=cache,
+        write_index=write_index,
+    )  # fmt: skip
+    return logits_from_hidden(config, params, h[:, 0]), cache, cache_mask
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
+def prefill(
+    config: ModelConfig, params: Params, prompt_ids: jax.Array, prompt_mask: jax.Array, cache: Cache
+) -> tuple[jax.Array, Cache, jax.Array]:
+    """Fill the (donated) cache with a left-padded prompt: (logits [B, V], cache, cache_mask)."""
+    return _prefill(config, cast_params(params, config.dtype), prompt_ids, prompt_mask, cache)
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
+def decode_step(
+    config: ModelConfig,
+    params: Params,
+    token: jax.Array,
+    position: jax.Array,
+    cache_mask: jax.Array,
+    cache: Cache,
+    write_index: jax.Array,
+) -> tuple[jax.Array, Cache, jax.Array]:
+    """Feed token [B] at position [B] into cache slot write_index: (logits [B, V], cache, mask)."""
+    p = cast_params(params, config.dtype)
+    return _decode(config, p, token, position, cache_mask, cache, write_index)
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def _pick(logits, key, temperature, greedy):
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos"))
+def _generate(
+    config, params, prompt_ids, prompt_mask, eos, temperature, key, pad_id, *,
+    max_new_tokens, greedy, ignore_eos,
+):  # fmt: skip
+    B, P = prompt_ids.shape
+    N = max_new_tokens
+    params = cast_params(params, config.dtype)  # once, outside the decode loop
+    cache = init_cache(config, batch=B, length=P + N)  # lives in the loop carry: updated in place
+    logits, cache, cache_mask = _prefill(config, params, prompt_ids, prompt_mask, cache)
+    prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+    key, sub = jax.random.split(key)
+    token = _pick(logits, sub, temperature, greedy)  # [B]
+    tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token)  # [B, N]
+    is_eos = lambda t: jnp.any(t[:, None] == eos[None, :], axis=1)
+    done = jnp.zeros((B,), bool) if ignore_eos else is_eos(token)
+    lengths = jnp.ones((B,), jnp.int32)
+
+    def cond(state):
+        step, _, _, done, *_ = state
+        return (step < N) & ~jnp.all(done)
+
+    def body(state):
+        step, token, tokens, done, lengths, cache, cache_mask, key = state
+        # the token picked at step-1 sits at cache slot P+step-1 and position len+step-1
+        logits, cache, cache_mask = _decode(
+            config, params, token, prompt_len + step - 1, cache_mask, cache, P + step - 1
+        )
+        key, sub = jax.random.split(key)
+        new = jnp.where(done, pad_id, _pick(logits, sub, temperature, greedy))
+        tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
+        lengths = lengths + (~done).astype(jnp.int32)
+        if not ignore_eos:
+            done = done | is_eos(new)
+        return step + 1, new, tokens, done, lengths, cache, cache_mask, key
+
+    state = (1, token, tokens, done, lengths, cache, cache_mask, key)
+    _, _, tokens, _, lengths, *_ = jax.lax.while_loop(cond, body, state)
+    return tokens, lengths
+
+
+def generate(
+    config: ModelConfig,
+    params: Params,
+    prompt_ids: jax.Array | np.ndarray,
+    prompt_mask: jax.Array | np.ndarray,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_ids: Sequence[int] | None = None,
+    key: PRNGKey | None = None,
+    ignore_eos: bool = False,
+    pad_id: int | None = None,
+    bucket: int = 64,
+) -> tuple[jax.Array, jax.Array]:
+    """Generate from left-padded prompts [B, T]: (tokens [B, max_new_tokens], lengths [B]).
+
+    temperature=0 is greedy; otherwise tokens are sampled at that temperature with `key`.
+    Rows stop after their first token in `eos_ids` (default: config.eos_ids); tokens after it
+    are `pad_id` (default: the first EOS id) and lengths count generated tokens including the
+    EOS. ignore_eos=True always generates max_new_tokens (the fixed-length benchmark mode).
+    """
+    ids = np.asarray(prompt_ids, np.int32)
+    mask = np.asarray(prompt_mask, bool)
+    if ids.shape != mask.shape:
+        raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {mask.shape} differ in shape")
+    _check_left_padded(mask, "prompt_mask")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    longest = int(mask.sum(axis=1).max())
+    if longest + max_new_tokens > config.max_position:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+            f"context of {config.max_position} tokens; shorten the prompt or max_new_tokens"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature > 0 and key is None:
+        raise ValueError("temperature > 0 needs a PRNG key (key=jax.random.key(seed))")
+    eos = tuple(config.eos_ids if eos_ids is None else eos_ids)
+    if pad_id is None:
+        pad_id = eos[0] if eos else 0
+    # Trim to the longest prompt, then left-pad to a bucket so similar batches share one compile.
+    width = max(
+        longest, min(bucket_width(longest, bucket=bucket), config.max_position - max_new_tokens)
+    )
+    ids, mask = ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
+    ids = np.pad(ids, ((0, 0), (width - longest, 0)), constant_values=pad_id)
+    mask = np.pad(mask, ((0, 0), (width - longest, 0)))
+    return _generate(
+        config, params, jnp.asarray(ids), jnp.asarray(mask),
+        jnp.asarray(eos if eos else (-1,), jnp.int32), jnp.float32(max(temperature, 1e-6)),
+        jax.random.key(0) if key is None else key, jnp.int32(pad_id),
+        max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+@functools.partial(jax.jit, static_argnames=("config", "chunk"))
+def _log_probs(config, params, prompt_ids, prompt_mask, cont_ids, cont_mask, *, chunk):
+    B, P = prompt_ids.shape
+    C = cont_ids.shape[1]
+    params = cast_params(params, config.dtype)
+    ids = jnp.concatenate([prompt_ids, cont_ids], axis=1)  # [B, P+C]
+    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1)  # [B, P+C]
+    h, _ = hidden_states(config, params, ids, positions_from_mask(mask), mask)
+    h = h[:, P - 1 : P + C - 1]  # [B, C, D]: the states that predict each continuation token
+    # Score `chunk` continuation tokens at a time so [B, C, V] logits never exist at once.
+    n = -(-C // chunk)
+    h = jnp.pad(h, ((0, 0), (0, n * chunk - C), (0, 0))).reshape(B, n, chunk, -1)
+    targets = jnp.pad(cont_ids, ((0, 0), (0, n * chunk - C))).reshape(B, n, chunk)
+
+    def score(args):
+        h_c, t_c = args  # [B, chunk, D], [B, chunk]
+        logits = logits_from_hidden(config, params, h_c)  # [B, chunk, V]
+        picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    lp = jax.lax.map(score, (h.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n, B, chunk]
+    lp = lp.swapaxes(0, 1).reshape(B, n * chunk)[:, :C]
+    return jnp.where(cont_mask, lp, 0.0)
+
+
+def sequence_log_probs(
+    config: ModelConfig,
+    params: Params,
+    prompt_ids: jax.Array | np.ndarray,
+    prompt_mask: jax.Array | np.ndarray,
+    cont_ids: jax.Array | np.ndarray,
+    cont_mask: jax.Array | np.ndarray,
+    *,
+    chunk: int = 64,
+) -> jax.Array:
+    """Log-probabilities [B, C] of continuation tokens after left-padded prompts (0 on padding).
+
+    Continuations are right-padded (cont_mask True on real tokens), e.g. `generate`'s tokens
+    with `arange(C) < lengths[:, None]`.
+    """
+    mask = np.asarray(prompt_mask, bool)
+    _check_left_padded(mask, "prompt_mask")
+    cont_mask = np.asarray(cont_mask, bool)
+    if np.asarray(cont_ids).shape != cont_mask.shape or cont_mask.shape[0] != mask.shape[0]:
+        raise ValueError(
+            f"cont_ids {np.asarray(cont_ids).shape} and cont_mask {cont_mask.shape} must share "
+            f"a shape with the prompt's batch size {mask.shape[0]}"
+        )
+    total = int(mask.sum(axis=1).max()) + cont_mask.shape[1]
+    if total > config.max_position:
+        raise ValueError(
+            f"prompt + continuation of {total} tokens exceeds the context of "
+            f"{config.max_position} tokens"
+        )
+    return _log_probs(
+        config, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(mask),
+        jnp.asarray(cont_ids, jnp.int32), jnp.asarray(cont_mask),
+        chunk=min(chunk, cont_mask.shape[1]),
+    )  # fmt: skip
