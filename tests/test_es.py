@@ -349,6 +349,23 @@ def test_update_arguments_are_checked():
 # --- memory -------------------------------------------------------------------------------
 
 
+def test_chunked_leaf_update_equals_sum_of_noise():
+    # 4099 x 1031 > CHUNK_ELEMENTS: drawn in two row chunks, the last one partial.
+    assert 4099 * 1031 > es.CHUNK_ELEMENTS
+    params = {"embed": jnp.zeros((4099, 1031)), "layers": {"w": jnp.zeros((2, 3, 5))}}
+    seeds, coeffs = np.array([4, 9, 17]), np.array([0.5, -1.0, 2.0], np.float32)
+    got = es.es_update(params, seeds, coeffs, alpha=0.3, population_size=3)
+    noise = [es.sample_noise(params, s) for s in seeds]
+    for name in ("embed",):
+        want = sum(c * np.asarray(e[name], np.float64) for c, e in zip(coeffs, noise, strict=True))
+        np.testing.assert_allclose(got[name], 0.1 * want, rtol=1e-5, atol=1e-6)
+    e = np.asarray(noise[0]["embed"])
+    chunk = es.CHUNK_ELEMENTS // 1031
+    assert abs(e.mean()) < 5 / np.sqrt(e.size) and abs(e.std() - 1) < 0.01
+    # Rows of different chunks are independent draws, not copies of each other.
+    assert abs(corr(e[:31], e[chunk:])) < 5 / np.sqrt(31 * 1031)
+
+
 def test_es_update_memory_does_not_grow_with_population():
     # 4 MiB per leaf; 32 materialised noise trees would need 128 MiB per leaf.
     params = {"embed": jnp.ones((4096, 256)), "layers": {"w": jnp.ones((4, 512, 512))}}
@@ -368,6 +385,21 @@ def test_es_update_memory_does_not_grow_with_population():
     t2, t32 = temp_bytes(2), temp_bytes(32)
     assert t32 <= 1.05 * t2  # no N-sized buffer
     assert t32 < 8 * leaf_bytes  # a few slice-sized buffers (noise, bits, accumulator)
+
+
+def test_large_leaf_update_memory_is_bounded_by_chunks():
+    # A 64 MiB leaf: without chunked noise the generator's temporaries alone are ~7x that.
+    params = {"embed": jnp.ones((16384, 1024))}
+    leaf_bytes = 16384 * 1024 * 4
+    lowered = es._es_update.lower(
+        params,
+        jnp.arange(8, dtype=jnp.uint32),
+        jnp.ones(8),
+        jnp.float32(0.1),
+        population_size=8,
+        noise_sharing="none",
+    )
+    assert lowered.compile().memory_analysis().temp_size_in_bytes < 3 * leaf_bytes
 
 
 # --- sharded population evaluation -----------------------------------------------------------

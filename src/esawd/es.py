@@ -53,6 +53,10 @@ AWD_KINDS = ("none", "l1", "l2")
 _FITNESS_STREAM = 0x5EED_F17
 _SEED_STREAM = 0x5EED_5EED
 _MAX_SEED = 2**31 - 1
+# Slices larger than this many elements draw their noise in row chunks with one key each,
+# so the generator's temporaries (several times the drawn size) stay bounded. Part of the
+# noise's definition: changing it changes every large leaf's draw.
+CHUNK_ELEMENTS = 2**22
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,6 +102,20 @@ class _LeafSpec:
     stream: int  # leaf id, or shape id under noise_sharing="shape"
     per_layer: bool  # fold the layer index into the key
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows of the slice drawn per key: large slices are drawn in row chunks."""
+        if len(self.slice_shape) == 0:
+            return 1
+        row = math.prod(self.slice_shape[1:])
+        return max(1, min(self.slice_shape[0], CHUNK_ELEMENTS // max(row, 1)))
+
+    @property
+    def num_chunks(self) -> int:
+        if len(self.slice_shape) == 0:
+            return 1
+        return -(-self.slice_shape[0] // self.chunk_rows)
+
 
 def _spec(path: Sequence[Any], shape: Sequence[int], noise_sharing: str) -> _LeafSpec:
     stacked = is_stacked(path) and len(shape) >= 1
@@ -115,12 +133,30 @@ def _leaf_specs(params: Params, noise_sharing: str) -> list[_LeafSpec]:
     return [_spec(path, jnp.shape(leaf), noise_sharing) for path, leaf in flat]
 
 
-def _slice_noise(seed: jax.Array, spec: _LeafSpec, layer: jax.Array | int) -> jax.Array:
-    """Standard normal float32 noise for one slice (one layer of a stacked leaf)."""
+def _chunk_noise(seed: jax.Array, spec: _LeafSpec, layer, chunk) -> jax.Array:
+    """Noise for rows [chunk * R, (chunk + 1) * R) of one slice (padded past its end)."""
     key = jax.random.fold_in(jax.random.key(seed), spec.stream)
     if spec.per_layer:
         key = jax.random.fold_in(key, layer)
-    return jax.random.normal(key, spec.slice_shape, jnp.float32)
+    if spec.num_chunks == 1:
+        return jax.random.normal(key, spec.slice_shape, jnp.float32)
+    key = jax.random.fold_in(key, chunk)
+    return jax.random.normal(key, (spec.chunk_rows, *spec.slice_shape[1:]), jnp.float32)
+
+
+def _unchunk(chunks: jax.Array, spec: _LeafSpec) -> jax.Array:
+    # [C, R, ...] -> [rows, ...], dropping the padding of the last chunk.
+    flat = chunks.reshape(spec.num_chunks * spec.chunk_rows, *spec.slice_shape[1:])
+    return flat[: spec.slice_shape[0]]
+
+
+def _slice_noise(seed: jax.Array, spec: _LeafSpec, layer: jax.Array | int) -> jax.Array:
+    """Standard normal float32 noise for one slice (one layer of a stacked leaf)."""
+    if spec.num_chunks == 1:
+        return _chunk_noise(seed, spec, layer, 0)
+    # Sequential over chunks: the generator's temporaries stay chunk-sized.
+    chunks = lax.map(lambda c: _chunk_noise(seed, spec, layer, c), jnp.arange(spec.num_chunks))
+    return _unchunk(chunks, spec)
 
 
 def _leaf_noise(seed: jax.Array, spec: _LeafSpec, num_layers: int) -> jax.Array:
@@ -238,13 +274,20 @@ def normalize_rewards(rewards: jax.Array | np.ndarray, *, antithetic: bool = Fal
 
 
 def _slice_delta(seeds: jax.Array, coeffs: jax.Array, spec: _LeafSpec, layer) -> jax.Array:
-    """sum_k coeffs_k * eps_k for one slice; one noise slice live at a time."""
+    """sum_k coeffs_k * eps_k for one slice; one noise chunk live at a time."""
 
-    def body(k, acc):
-        return acc + coeffs[k] * _slice_noise(seeds[k], spec, layer)
+    def chunk_delta(c):
+        def body(k, acc):
+            return acc + coeffs[k] * _chunk_noise(seeds[k], spec, layer, c)
 
-    acc = jnp.zeros(spec.slice_shape, jnp.float32)
-    return lax.fori_loop(0, seeds.shape[0], body, acc)
+        shape = (
+            spec.slice_shape if spec.num_chunks == 1 else (spec.chunk_rows, *spec.slice_shape[1:])
+        )
+        return lax.fori_loop(0, seeds.shape[0], body, jnp.zeros(shape, jnp.float32))
+
+    if spec.num_chunks == 1:
+        return chunk_delta(0)
+    return _unchunk(lax.map(chunk_delta, jnp.arange(spec.num_chunks)), spec)
 
 
 def _updated(x: jax.Array, delta: jax.Array, scale: jax.Array) -> jax.Array:
