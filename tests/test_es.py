@@ -440,3 +440,20 @@ def test_sharded_population_equals_single_device(n, antithetic):
     )
     np.testing.assert_allclose(np.reshape(r1, direct.shape), direct, rtol=1e-6)
     assert np.std(direct) > 0
+
+
+def test_es_step_on_parameters_replicated_over_four_devices():
+    mesh = es.population_mesh(jax.devices()[:4])
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), make_params(1))
+    theta0 = jax.tree.map(lambda x: x + 0.5, params)
+    seeds, coeffs = np.arange(5), np.linspace(-1, 1, 5)
+    kw = dict(alpha=0.01, population_size=5, lam=10.0, kind="l2")
+    want = es.es_step(jax.tree.map(jnp.copy, params), es.host_anchor(theta0), seeds, coeffs, **kw)
+    rep = jax.device_put(params, replicated)
+    anchor = es.host_anchor(jax.device_put(theta0, replicated))
+    assert {a.sharding.memory_kind for a in anchor.arrays()} == {"pinned_host"}
+    got = es.es_step(rep, anchor, seeds, coeffs, **kw)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.sharding.is_equivalent_to(replicated, g.ndim)
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
