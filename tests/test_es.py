@@ -457,3 +457,18 @@ def test_es_step_on_parameters_replicated_over_four_devices():
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert g.sharding.is_equivalent_to(replicated, g.ndim)
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_population_fitness_may_return_a_pytree():
+    def tokens_and_score(params, key):  # what the LLM trainer returns: tokens for the host
+        del key
+        w = params["embed"]
+        return {"argmax": jnp.argmax(w, axis=1).astype(jnp.int32), "score": jnp.sum(w)}
+
+    params = make_params()
+    seeds = np.arange(3)
+    out = es.evaluate_population(tokens_and_score, params, seeds, sigma=0.5, antithetic=True)
+    assert out["argmax"].shape == (2, 3, 11) and out["argmax"].dtype == jnp.int32
+    assert out["score"].shape == (2, 3)
+    minus = es.perturb(params, 2, sigma=0.5, sign=-1.0)
+    np.testing.assert_array_equal(out["argmax"][1, 2], jnp.argmax(minus["embed"], axis=1))

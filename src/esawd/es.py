@@ -555,7 +555,7 @@ def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, memb
         def member(args):
             seed, sign = args
             p = perturb(params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing)
-            return jnp.asarray(fitness(p, fitness_key(seed)), jnp.float32)
+            return jax.tree.map(jnp.asarray, fitness(p, fitness_key(seed)))
 
         return lax.map(member, (seeds, signs), batch_size=members_per_batch)
 
@@ -584,10 +584,12 @@ def evaluate_population(
     axis_name: str = "pop",
     members_per_batch: int | None = None,
     noise_sharing: str = "none",
-) -> jax.Array:
+) -> Any:
     """Rewards `fitness(perturb(params, s), key_s)` of every member, sharded over `axis_name`.
 
     Returns `[N]`, or `[2, K]` with `antithetic=True` (row 0: +eps, row 1: -eps, same key).
+    `fitness` may also return a pytree of arrays (e.g. generated tokens for host-side
+    scoring); each leaf then gains the same leading member axes.
     Members are padded to a multiple of the axis size and the padding dropped, so N need not
     divide evenly. `members_per_batch` vmaps that many members at once on each device
     (default: one at a time). `fitness` should be a stable function object: the compiled
@@ -611,5 +613,6 @@ def evaluate_population(
     fn = _population_fn(fitness, mesh, axis_name, noise_sharing, members_per_batch)
     # Every device needs the full parameters; a no-op when they are already replicated.
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    rewards = fn(params, seeds_p, signs_p, jnp.float32(sigma))[:n]
-    return rewards.reshape(2, k) if antithetic else rewards
+    out = fn(params, seeds_p, signs_p, jnp.float32(sigma))
+    shape = (2, k) if antithetic else (n,)
+    return jax.tree.map(lambda x: x[:n].reshape(*shape, *x.shape[1:]), out)
