@@ -77,9 +77,10 @@ class Task:
             rows = self._local_rows(split, data_dir)
         elif source == "hub":
             if self.hub is None:
+                hint = " or make a seeded set with generate()" if hasattr(self, "generate") else ""
                 raise ValueError(
                     f"{self.name} is not read from the Hugging Face hub; pass data_dir= "
-                    f"(the folder that contains '{self.name}/')."
+                    f"(the folder that contains '{self.name}/'){hint}."
                 )
             rows = data.hub_rows(self.hub[0], self.hub[1], split)
         else:
@@ -144,8 +145,3 @@ def verl_prompt(row: data.Row) -> list[Message] | None:
     if isinstance(prompt, list | tuple) and prompt and isinstance(prompt[0], dict):
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
     return None
-
-
-def is_verl_row(row: data.Row) -> bool:
-    """Whether the row is in the verl layout (prompt, reward_model, extra_info)."""
-    return "reward_model" in row and verl_prompt(row) is not None

@@ -9,12 +9,11 @@ each character a bounded number of times, so every reward stays within milliseco
 
 from __future__ import annotations
 
+import functools
 import re
 
 # The characters at which `str.splitlines` breaks a line ("\r\n" breaks once, at "\n").
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-
-_TAG_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {}
 
 
 def last_line(text: str) -> str | None:
@@ -28,6 +27,11 @@ def last_line(text: str) -> str | None:
     return text[start:].strip()
 
 
+@functools.cache
+def _tag_pattern(open_tag: str, close_tag: str) -> re.Pattern[str]:
+    return re.compile(re.escape(open_tag) + "(.*?)" + re.escape(close_tag), re.DOTALL)
+
+
 def last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
     """Last group of `re.findall(open + '(.*?)' + close, text, re.DOTALL)`, or None."""
     end = text.rfind(close_tag)
@@ -35,11 +39,7 @@ def last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
         return None
     # Cutting after the last close tag keeps findall linear: every open tag that remains has a
     # close tag after it, so no attempt scans to the end of the text and fails.
-    key = (open_tag, close_tag)
-    if key not in _TAG_PATTERNS:
-        pattern = re.escape(open_tag) + "(.*?)" + re.escape(close_tag)
-        _TAG_PATTERNS[key] = re.compile(pattern, re.DOTALL)
-    matches = _TAG_PATTERNS[key].findall(text, 0, end + len(close_tag))
+    matches = _tag_pattern(open_tag, close_tag).findall(text, 0, end + len(close_tag))
     return matches[-1] if matches else None
 
 
