@@ -91,6 +91,9 @@ def test_greedy_generate_follows_full_forward_argmax(params):
     logits = np.asarray(models.forward(CONFIG, params, full_ids, full_mask))
     np.testing.assert_array_equal(logits[:, ids.shape[1] - 1 : -1].argmax(-1), tokens)
     assert len(np.unique(tokens)) > 3  # not a degenerate constant output
+    scanned, _ = sampling.generate(CONFIG, params, ids, mask, max_new_tokens=12,
+                                   ignore_eos=True, unroll_layers=False)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(scanned), tokens)  # both decode paths agree
 
 
 def test_left_padded_batch_equals_rows_one_by_one(params):

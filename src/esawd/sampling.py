@@ -26,10 +26,13 @@ from esawd.models import (
     ModelConfig,
     cast_params,
     hidden_states,
+    hidden_states_unrolled,
     init_cache,
     logits_from_hidden,
     positions_from_mask,
+    unstack_layers,
 )
+from esawd.models.decoder import fuse_layer_params
 from esawd.types import Params, PRNGKey
 
 # ------------------------------------------------------------------------------ batching
@@ -77,7 +80,7 @@ def bucket_width(n: int, *, bucket: int) -> int:
 
 def _prefill(config, params, prompt_ids, prompt_mask, cache):
     """Run the prompt [B, P] into cache slots [0, P); logits [B, V] of its last position."""
-    P, S = prompt_ids.shape[1], cache["k"].shape[3]
+    P, S = prompt_ids.shape[1], cache["v"].shape[3]
     cache_mask = jnp.pad(prompt_mask, ((0, 0), (0, S - P)))  # [B, S]
     h, cache = hidden_states(
         config, params, prompt_ids, positions_from_mask(prompt_mask), cache_mask, cache=cache
@@ -95,6 +98,20 @@ def _decode(config, params, token, position, cache_mask, cache, write_index):
         write_index=write_index,
     )  # fmt: skip
     return logits_from_hidden(config, params, h[:, 0]), cache, cache_mask
+
+
+def _decode_unrolled(
+    config, params, layer_params, token, position, cache_mask, caches, write_index
+):
+    """`_decode` over per-layer params and caches (no per-step slicing of stacked arrays)."""
+    cache_mask = jax.lax.dynamic_update_slice(
+        cache_mask, jnp.ones((cache_mask.shape[0], 1), bool), (0, write_index)
+    )
+    h, caches = hidden_states_unrolled(
+        config, params, layer_params, token[:, None], position[:, None], cache_mask,
+        caches=caches, write_index=write_index,
+    )  # fmt: skip
+    return logits_from_hidden(config, params, h[:, 0]), caches, cache_mask
 
 
 @functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
@@ -129,10 +146,12 @@ def _pick(logits, key, temperature, greedy):
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos"))
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos", "unroll_layers")
+)
 def _generate(
     config, params, prompt_ids, prompt_mask, eos, temperature, key, pad_id, *,
-    max_new_tokens, greedy, ignore_eos,
+    max_new_tokens, greedy, ignore_eos, unroll_layers,
 ):  # fmt: skip
     B, P = prompt_ids.shape
     N = max_new_tokens
@@ -151,12 +170,23 @@ def _generate(
         step, _, _, done, *_ = state
         return (step < N) & ~jnp.all(done)
 
+    if unroll_layers:
+        # per-layer (fused) weights, copied once here rather than sliced at every step
+        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
+        cache = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(config.n_layers)]
+
     def body(state):
         step, token, tokens, done, lengths, cache, cache_mask, key = state
         # the token picked at step-1 sits at cache slot P+step-1 and position len+step-1
-        logits, cache, cache_mask = _decode(
-            config, params, token, prompt_len + step - 1, cache_mask, cache, P + step - 1
-        )
+        if unroll_layers:
+            logits, cache, cache_mask = _decode_unrolled(
+                config, params, layer_params, token, prompt_len + step - 1, cache_mask, cache,
+                P + step - 1,
+            )  # fmt: skip
+        else:
+            logits, cache, cache_mask = _decode(
+                config, params, token, prompt_len + step - 1, cache_mask, cache, P + step - 1
+            )
         key, sub = jax.random.split(key)
         new = jnp.where(done, pad_id, _pick(logits, sub, temperature, greedy))
         tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
@@ -165,7 +195,7 @@ def _generate(
             done = done | is_eos(new)
         return step + 1, new, tokens, done, lengths, cache, cache_mask, key
 
-    state = (1, token, tokens, done, lengths, cache, cache_mask, key)
+    state = (jnp.int32(1), token, tokens, done, lengths, cache, cache_mask, key)
     _, _, tokens, _, lengths, *_ = jax.lax.while_loop(cond, body, state)
     return tokens, lengths
 
@@ -183,6 +213,7 @@ def generate(
     ignore_eos: bool = False,
     pad_id: int | None = None,
     bucket: int = 64,
+    unroll_layers: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Generate from left-padded prompts [B, T]: (tokens [B, max_new_tokens], lengths [B]).
 
@@ -190,6 +221,8 @@ def generate(
     Rows stop after their first token in `eos_ids` (default: config.eos_ids); tokens after it
     are `pad_id` (default: the first EOS id) and lengths count generated tokens including the
     EOS. ignore_eos=True always generates max_new_tokens (the fixed-length benchmark mode).
+    unroll_layers=True decodes with the layers unrolled over per-layer copies of the weights
+    (faster on CPU, compile time grows with depth); False keeps the scanned layers.
     """
     ids = np.asarray(prompt_ids, np.int32)
     mask = np.asarray(prompt_mask, bool)
@@ -223,6 +256,7 @@ def generate(
         jnp.asarray(eos if eos else (-1,), jnp.int32), jnp.float32(max(temperature, 1e-6)),
         jax.random.key(0) if key is None else key, jnp.int32(pad_id),
         max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos,
+        unroll_layers=unroll_layers,
     )  # fmt: skip
 
 

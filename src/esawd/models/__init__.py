@@ -22,11 +22,13 @@ from esawd.models.decoder import (
     cast_params,
     forward,
     hidden_states,
+    hidden_states_unrolled,
     init_cache,
     init_params,
     logits_from_hidden,
     param_shapes,
     positions_from_mask,
+    unstack_layers,
 )
 from esawd.models.embedded import cache_dir
 from esawd.models.hf import export as _export_hf
@@ -45,6 +47,7 @@ __all__ = [
     "forward",
     "from_hf_config",
     "hidden_states",
+    "hidden_states_unrolled",
     "init_cache",
     "init_params",
     "load",
@@ -53,6 +56,7 @@ __all__ = [
     "param_shapes",
     "positions_from_mask",
     "to_hf_config",
+    "unstack_layers",
 ]
 
 

@@ -19,12 +19,14 @@ Parameter layout (float32 masters; kernels are [in, out], i.e. the transpose of 
 
 One attention code path serves the full forward pass, prefill into a KV cache and one-token
 decoding: a query at row t may attend to key slot s iff s <= write_index + t and the key slot is
-valid (a real token). The KV cache is [L, B, K, S, hd] so the decode-step attention is a plain
-batched matmul over (batch, kv-head) without transposing the cache.
+valid (a real token). The KV cache holds keys as [L, B, K, hd, S] and values as [L, B, K, S, hd],
+so both decode-step attention products are plain batched matmuls over (batch, kv-head) that
+read the cache without transposing it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -35,7 +37,7 @@ import numpy as np
 from esawd.models.config import ModelConfig, rope_inv_freq
 from esawd.types import Params
 
-Cache = dict[str, jax.Array]  # {"k": [L, B, K, S, hd], "v": [L, B, K, S, hd]}
+Cache = dict[str, jax.Array]  # {"k": [L, B, K, hd, S], "v": [L, B, K, S, hd]}
 
 _MASKED = -1e30  # finite, so a query row with no valid key gives uniform weights, not NaN
 
@@ -83,35 +85,53 @@ class Attention(nn.Module):
     def __call__(self, x, cos, sin, key_valid, cache, layer, write_index):
         c = self.config
         B, T, _ = x.shape
-        K, G, hd = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
-        q = _dense(c.n_heads * hd, "q_proj", bias=c.qkv_bias)(x).reshape(B, T, c.n_heads, hd)
-        k = _dense(K * hd, "k_proj", bias=c.qkv_bias)(x).reshape(B, T, K, hd)
-        v = _dense(K * hd, "v_proj", bias=c.qkv_bias)(x).reshape(B, T, K, hd)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        k = k.transpose(0, 2, 1, 3)  # [B, K, T, hd]
-        v = v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
+        H, K, G, hd = c.n_heads, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
+        if self.has_variable("params", "qkv_proj"):
+            # Decode-time layout from `fuse_layer_params`: one matmul instead of three.
+            qkv = _dense((H + 2 * K) * hd, "qkv_proj", bias=c.qkv_bias)(x)
+            q, k, v = jnp.split(qkv, [H * hd, (H + K) * hd], axis=-1)
+        else:
+            q = _dense(H * hd, "q_proj", bias=c.qkv_bias)(x)
+            k = _dense(K * hd, "k_proj", bias=c.qkv_bias)(x)
+            v = _dense(K * hd, "v_proj", bias=c.qkv_bias)(x)
+        q = _rotate(q.reshape(B, T, H, hd), cos, sin)
+        k = _rotate(k.reshape(B, T, K, hd), cos, sin)
+        # Keys are kept transposed, [B, K, hd, T]: q.k^T is then a plain matmul, which is
+        # twice as fast on CPU as contracting the minor axis of both operands.
+        k = k.transpose(0, 2, 3, 1)  # [B, K, hd, T]
+        v = v.reshape(B, T, K, hd).transpose(0, 2, 1, 3)  # [B, K, T, hd]
         if cache is not None:
-            # In-place write into the stacked cache (the scan carries it, so XLA reuses it).
-            start = (layer, 0, 0, write_index, 0)
-            cache = {
-                "k": jax.lax.dynamic_update_slice(
-                    cache["k"], k[None].astype(cache["k"].dtype), start
-                ),
-                "v": jax.lax.dynamic_update_slice(
-                    cache["v"], v[None].astype(cache["v"].dtype), start
-                ),
-            }
-            k = jax.lax.dynamic_index_in_dim(cache["k"], layer, keepdims=False)  # [B, K, S, hd]
-            v = jax.lax.dynamic_index_in_dim(cache["v"], layer, keepdims=False)  # [B, K, S, hd]
-        S = k.shape[2]
-        q = q.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
-        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * np.float32(1.0 / np.sqrt(hd))  # [B, K, G, T, S]
+            ck, cv = cache["k"], cache["v"]
+            if layer is None:  # this layer's own cache: k [B, K, hd, S], v [B, K, S, hd]
+                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, 0, write_index))
+                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, write_index, 0))
+                k, v = ck, cv
+            else:  # the stacked cache, carried by the layer scan so XLA updates it in place
+                ck = jax.lax.dynamic_update_slice(
+                    ck, k[None].astype(ck.dtype), (layer, 0, 0, 0, write_index)
+                )
+                cv = jax.lax.dynamic_update_slice(
+                    cv, v[None].astype(cv.dtype), (layer, 0, 0, write_index, 0)
+                )
+                k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False)  # [B, K, hd, S]
+                v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False)  # [B, K, S, hd]
+            cache = {"k": ck, "v": cv}
+        S = v.shape[2]
         allowed = jnp.arange(S)[None, :] <= write_index + jnp.arange(T)[:, None]  # [T, S]
         allowed = allowed[None] & key_valid[:, None, :]  # [B, T, S]
-        scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, c.n_heads * hd)
+        scale = np.float32(1.0 / np.sqrt(hd))
+        if T == 1:  # decoding: drop the unit time axis so XLA sees plain batched matmuls
+            q = q.reshape(B, K, G, hd)
+            scores = jnp.einsum("bkgd,bkds->bkgs", q, k, preferred_element_type=jnp.float32)
+            scores = jnp.where(allowed[:, :, None], scores * scale, _MASKED)  # [B, K, G, S]
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            out = jnp.einsum("bkgs,bksd->bkgd", probs, v).reshape(B, 1, H * hd)
+        else:
+            q = q.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
+            scores = jnp.einsum("bkgtd,bkds->bkgts", q, k, preferred_element_type=jnp.float32)
+            scores = jnp.where(allowed[:, None, None], scores * scale, _MASKED)  # [B,K,G,T,S]
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, H * hd)
         return _dense(c.d_model, "o_proj")(out), cache
 
 
@@ -123,8 +143,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        h = nn.silu(_dense(c.d_ff, "gate_proj")(x)) * _dense(c.d_ff, "up_proj")(x)
-        return _dense(c.d_model, "down_proj")(h)
+        if self.has_variable("params", "gate_up_proj"):  # fused decode-time layout
+            gate, up = jnp.split(_dense(2 * c.d_ff, "gate_up_proj")(x), 2, axis=-1)
+        else:
+            gate, up = _dense(c.d_ff, "gate_proj")(x), _dense(c.d_ff, "up_proj")(x)
+        return _dense(c.d_model, "down_proj")(nn.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -141,7 +164,7 @@ class Block(nn.Module):
         )
         h = h + a
         h = h + MLP(c, name="mlp")(RMSNorm(c.rms_eps, name="mlp_norm")(h))
-        return (h, cache, layer + 1), None
+        return (h, cache, None if layer is None else layer + 1), None
 
 
 class Decoder(nn.Module):
@@ -171,6 +194,15 @@ class Decoder(nn.Module):
         cos, sin = rope_tables(self.config, positions, h.dtype)
         (h, cache, _), _ = self.layers((h, cache, 0), cos, sin, key_valid, write_index)
         return self.norm(h), cache
+
+    def embed_positions(self, token_ids, positions):
+        """Embeddings [B, T, D] and rotary tables, the input of the first layer."""
+        h = self.embed(token_ids)  # [B, T, D]
+        return (h,) + rope_tables(self.config, positions, h.dtype)
+
+    def final_norm(self, h):
+        """The final RMSNorm of hidden states [..., D]."""
+        return self.norm(h)
 
     def logits(self, h):
         """Float32 logits [..., V] from final hidden states [..., D]."""
@@ -237,12 +269,65 @@ def forward(
 
 
 def init_cache(config: ModelConfig, *, batch: int, length: int) -> Cache:
-    """An all-zero KV cache {"k", "v"}: [L, B, K, length, hd] in the compute dtype."""
-    shape = (config.n_layers, batch, config.n_kv_heads, length, config.head_dim)
-    return {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+    """A zero KV cache in the compute dtype: k [L, B, K, hd, length], v [L, B, K, length, hd]."""
+    L, K, hd = config.n_layers, config.n_kv_heads, config.head_dim
+    return {
+        "k": jnp.zeros((L, batch, K, hd, length), config.dtype),
+        "v": jnp.zeros((L, batch, K, length, hd), config.dtype),
+    }
 
 
 def param_shapes(config: ModelConfig) -> dict[str, Any]:
     """The expected parameter tree of `config` as shapes (no memory is allocated)."""
     shapes = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
     return jax.tree.map(lambda s: tuple(s.shape), shapes)
+
+
+def unstack_layers(params: Params) -> list[Params]:
+    """Per-layer parameter dicts [params["layers"][i] for each layer] (copies, made once)."""
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n)]
+
+
+def fuse_layer_params(layer: Params) -> Params:
+    """One layer's params with q/k/v and gate/up kernels concatenated (fewer, larger matmuls)."""
+    attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
+    names = ("q_proj", "k_proj", "v_proj")
+    qkv = {"kernel": jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)}
+    if "bias" in attn["q_proj"]:
+        qkv["bias"] = jnp.concatenate([attn[n]["bias"] for n in names], axis=-1)
+    attn = {"qkv_proj": qkv, "o_proj": attn["o_proj"]}
+    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
+    mlp = {"gate_up_proj": {"kernel": gate_up}, "down_proj": mlp["down_proj"]}
+    return {**layer, "attn": attn, "mlp": mlp}
+
+
+def hidden_states_unrolled(
+    config: ModelConfig,
+    params: Params,
+    layer_params: Sequence[Params],
+    token_ids: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    *,
+    caches: Sequence[dict[str, jax.Array]],
+    write_index: jax.Array | int,
+) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """`hidden_states` with the layers unrolled over per-layer params and caches.
+
+    Inside a decode loop a scanned layer slices its weights and cache out of the stacked
+    arrays at every step, a copy XLA:CPU cannot avoid (the matmul kernels need their own
+    buffers); with per-layer arrays prepared once outside the loop there is no such copy.
+    Caches are per layer: k [B, K, hd, S], v [B, K, S, hd]. Compile time grows with depth.
+    `layer_params` may be in the fused layout of `fuse_layer_params`.
+    """
+    top = {k: v for k, v in params.items() if k != "layers"}
+    dec = Decoder(config)
+    h, cos, sin = dec.apply({"params": top}, token_ids, positions, method=Decoder.embed_positions)
+    block = Block(config)
+    new_caches = []
+    for lp, cache in zip(layer_params, caches, strict=True):
+        (h, cache, _), _ = block.apply({"params": lp}, (h, cache, None), cos, sin, key_valid,
+                                       write_index)  # fmt: skip
+        new_caches.append(cache)
+    return dec.apply({"params": top}, h, method=Decoder.final_norm), new_caches
