@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ESAWD_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export ESAWD_DATA_DIR
 
-.PHONY: test lint install
+.PHONY: run test lint install
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg requirements.txt requirements-test.txt
@@ -14,6 +14,10 @@ $(VENV)/.installed: setup.cfg requirements.txt requirements-test.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# The main job: ES + AWD on the embedded SmolLM2-135M-Instruct (configs/default.py).
+run: $(VENV)/.installed
+	$(PY) -m experiments.run --config configs/default.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .

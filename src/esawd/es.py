@@ -569,6 +569,9 @@ def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, memb
             PartitionSpec(),
         ),
         out_specs=PartitionSpec(axis_name),
+        # Members never communicate; without this, fitness functions that build fresh
+        # (device-invariant) loop carries, such as a zero KV cache, fail the varying-axis check.
+        check_vma=False,
     )
     return jax.jit(sharded)
 

@@ -1,0 +1,1 @@
+"""ml-collections configs for `python -m experiments.run --config configs/<name>.py`."""

@@ -1,0 +1,59 @@
+"""Train with ES + AWD (or GRPO, when the config says so) from an ml-collections config.
+
+    python -m experiments.run --config configs/default.py [--config.key=value ...]
+
+Re-running the same command on an existing workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, logging
+from ml_collections import config_flags
+
+from esawd import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
+
+def settings_from_config(c) -> trainer.Settings:
+    """Unpack an ml-collections config into the trainer's typed settings."""
+    if not c.workdir:
+        raise trainer.ConfigError("workdir is empty: pass --config.workdir=DIR (the run dir).")
+    return trainer.Settings(
+        workdir=c.workdir,
+        model=trainer.ModelSettings(**c.model.to_dict()),
+        task=trainer.TaskSettings(**c.task.to_dict()),
+        es=trainer.ESSettings(**c.es.to_dict()),
+        awd=trainer.AWDSettings(**c.awd.to_dict()),
+        eval=trainer.EvalSettings(**c.eval.to_dict()),
+        checkpoint_interval=c.checkpoint.interval,
+        checkpoint_max_to_keep=c.checkpoint.max_to_keep,
+        log=trainer.LogSettings(**c.log.to_dict()),
+        export=c.export,
+    )
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    config = _CONFIG.value
+    if config.method != "es":
+        raise trainer.ConfigError(f"method={config.method!r} is not implemented; use 'es'.")
+    try:
+        trainer.train(settings_from_config(config), config_dict=config.to_dict())
+    except trainer.ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def run() -> None:
+    """Entry point: absl's flag parsing, with bad config keys reported in one line."""
+    try:
+        app.run(main)
+    except (AttributeError, KeyError) as e:  # ml-collections: unknown key, "Did you mean ..."
+        sys.exit(f"config error: {str(e).strip(chr(39))}".replace("\\n", " "))
+
+
+if __name__ == "__main__":
+    run()

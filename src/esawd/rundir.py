@@ -1,0 +1,186 @@
+"""The run directory: config, metrics, the ES log, Orbax checkpoints and the anchor.
+
+    RUN/
+      config.json           the full config of the run
+      metrics.jsonl         one JSON object per iteration (and per evaluation), `iteration` field
+      es_log.jsonl          per iteration: the member seeds and their coefficients (for replay)
+      anchor/               theta_0, written once with Orbax, restored into pinned host memory
+      checkpoints/<t>/      Orbax checkpoints: parameters + {iteration, es_seed}
+      tensorboard/          TensorBoard event files
+      final/                the tuned model as a Hugging Face directory (safetensors)
+
+Crash safety. Orbax finalises a checkpoint by renaming its temporary directory, so a
+checkpoint that was being written when the process died is never listed. JSONL rows past the
+restored checkpoint are dropped on resume, because those iterations are run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from esawd.types import Params
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.generic, jax.Array)) and np.ndim(x) == 0:
+        return np.asarray(x).item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    return x
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete rows of a JSONL file (a torn last line, from a crash, is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class JsonlLog:
+    """An append-only JSONL file whose rows carry an `iteration` field."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it to disk."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every complete row."""
+        return read_jsonl(self.path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows of iterations after `iteration` (they are about to be run again)."""
+        keep = [r for r in self.rows() if r.get("iteration", 0) <= iteration]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows())
+
+
+class RunDir:
+    """Paths and persistent state of one run directory."""
+
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3):
+        self.root = Path(workdir).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics = JsonlLog(self.root / "metrics.jsonl")
+        self.es_log = JsonlLog(self.root / "es_log.jsonl")
+        self._manager = ocp.CheckpointManager(
+            self.root / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            ),
+        )
+
+    # ----- config --------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The stored config, or None for a new run directory."""
+        if not self.config_path.exists():
+            return None
+        return json.loads(self.config_path.read_text())
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Store the run's config (atomically)."""
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.config_path)
+
+    # ----- anchor --------------------------------------------------------------------------
+
+    @property
+    def anchor_path(self) -> Path:
+        return self.root / "anchor"
+
+    def has_anchor(self) -> bool:
+        return (self.anchor_path / "_CHECKPOINT_METADATA").exists() or (
+            self.anchor_path.exists() and any(self.anchor_path.iterdir())
+        )
+
+    def save_anchor(self, params: Params) -> None:
+        """Write theta_0 once (Orbax; an existing anchor is never overwritten)."""
+        if self.anchor_path.exists():
+            raise FileExistsError(f"{self.anchor_path} exists; the anchor is written only once.")
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(self.anchor_path, params)
+
+    def restore_anchor_numpy(self, like: Params) -> Params:
+        """theta_0 from disk as host numpy arrays shaped like `like`."""
+        abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), like)
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like)
+            return ckptr.restore(self.anchor_path, item=abstract, restore_args=restore_args)
+
+    # ----- checkpoints ---------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        """The iteration of the latest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, iteration: int, params: Params, meta: dict[str, Any]) -> None:
+        """A checkpoint of `params` at `iteration`, finished before returning."""
+        self._manager.save(
+            iteration,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(_jsonable(meta))
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, iteration: int, like: Params) -> tuple[Params, dict[str, Any]]:
+        """Parameters (placed like `like`) and metadata of the checkpoint at `iteration`."""
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=getattr(x, "sharding", default)
+            ),
+            like,
+        )
+        out = self._manager.restore(
+            iteration,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return out["params"], dict(out["meta"])
+
+    def close(self) -> None:
+        self._manager.close()
+
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"

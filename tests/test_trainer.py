@@ -1,0 +1,270 @@
+"""The trainer end to end on a tiny random model: runs, resume, kill, replay, configs, sharding."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from tiny_model import write_tiny_model
+from trainer_driver import patch_reward
+
+from configs import default, paper
+from esawd import models, trainer
+from experiments import run as run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def varied_reward(monkeypatch):
+    from esawd.tasks.countdown import Countdown
+
+    original = Countdown.reward
+    patch_reward()
+    yield
+    Countdown.reward = original
+
+
+def tiny_config(workdir, tiny_dir, **overrides):
+    c = default.get_config()
+    c.workdir = str(workdir)
+    c.model.name = str(tiny_dir)
+    c.task.num_train = 3
+    c.task.max_new_tokens = 6
+    c.es.population_size = 4
+    c.es.sigma = 0.05
+    c.es.alpha = 0.02
+    c.es.num_iterations = 2
+    c.eval.interval = 1
+    c.eval.num_examples = 3
+    c.checkpoint.interval = 1
+    c.log.progress = False
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def train(c):
+    return trainer.train(run_cli.settings_from_config(c), config_dict=c.to_dict())
+
+
+def leaves(params):
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def assert_bitwise(a, b):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_two_iterations_end_to_end(tmp_path, tiny_dir):
+    c = tiny_config(tmp_path / "run", tiny_dir)
+    params = train(c)
+    run = Path(c.workdir)
+    rows = trainer.RunDir(run).metrics.rows()
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert rows[1]["reward_std"] > 0 and rows[2]["drift_norm"] > rows[1]["drift_norm"] > 0
+    for key in ("reward_mean", "accuracy", "tokens_mean", "time/population", "time/update"):
+        assert key in rows[1]
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[2]
+    es_rows = trainer.RunDir(run).es_log.rows()
+    assert [r["iteration"] for r in es_rows] == [1, 2] and len(es_rows[0]["seeds"]) == 4
+    assert sorted(trainer.RunDir(run).all_steps()) == [1, 2]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    exported = models.load(run / "final")
+    assert_bitwise(exported.params, params)
+    base = models.load(tiny_dir).params
+    assert any(np.any(x != y) for x, y in zip(leaves(params), leaves(base), strict=True))
+
+
+def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
+    straight = train(tiny_config(tmp_path / "a", tiny_dir, **{"es.num_iterations": 4}))
+    train(tiny_config(tmp_path / "b", tiny_dir, **{"es.num_iterations": 2}))
+    resumed = train(tiny_config(tmp_path / "b", tiny_dir, **{"es.num_iterations": 4}))
+    assert_bitwise(resumed, straight)
+    iterations = [r["iteration"] for r in trainer.RunDir(tmp_path / "b").metrics.rows()]
+    assert iterations == [0, 1, 2, 3, 4]
+
+
+def test_replay_equals_checkpoints(tmp_path, tiny_dir):
+    c = tiny_config(
+        tmp_path / "run", tiny_dir, **{"es.num_iterations": 3, "awd.kind": "l1", "awd.lam": 0.05}
+    )
+    train(c)
+    run = trainer.RunDir(c.workdir)
+    theta0 = models.load(tiny_dir).params
+    for t in (1, 3):
+        ckpt, meta = run.restore(t, theta0)
+        assert meta["iteration"] == t
+        assert_bitwise(trainer.replay(theta0, run.es_log.rows(), upto=t), ckpt)
+    with pytest.raises(ValueError, match="cannot replay iteration 4"):
+        trainer.replay(theta0, run.es_log.rows(), upto=4)
+
+
+def test_sharded_over_four_devices_equals_one(tmp_path, tiny_dir):
+    assert jax.device_count() == 4
+    one = train(tiny_config(tmp_path / "one", tiny_dir, **{"es.num_devices": 1}))
+    four = train(
+        tiny_config(
+            tmp_path / "four",
+            tiny_dir,
+            **{"es.num_devices": 4, "es.population_size": 6, "es.antithetic": True},
+        )
+    )
+    four_again = train(
+        tiny_config(
+            tmp_path / "four1",
+            tiny_dir,
+            **{"es.num_devices": 1, "es.population_size": 6, "es.antithetic": True},
+        )
+    )
+    assert_bitwise(four, four_again)
+    assert any(np.any(x != y) for x, y in zip(leaves(one), leaves(four), strict=True))
+
+
+def test_kill_and_resume_in_a_subprocess(tmp_path, tiny_dir):
+    straight = train(tiny_config(tmp_path / "a", tiny_dir, **{"es.num_iterations": 5}))
+    workdir = tmp_path / "killed"
+    args = [sys.executable, str(ROOT / "tests" / "trainer_driver.py"),
+            "--config", str(ROOT / "configs" / "default.py"),
+            f"--config.workdir={workdir}", f"--config.model.name={tiny_dir}",
+            "--config.task.num_train=3", "--config.task.max_new_tokens=6",
+            "--config.es.population_size=4", "--config.es.sigma=0.05", "--config.es.alpha=0.02",
+            "--config.es.num_iterations=5", "--config.eval.interval=1",
+            "--config.eval.num_examples=3", "--config.checkpoint.interval=1",
+            "--config.log.progress=False"]  # fmt: skip
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "2").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-iteration 3, maybe mid-checkpoint
+    proc.wait()
+    assert trainer.RunDir(workdir).latest_step() in (2, 3)
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed, _ = trainer.RunDir(workdir).restore(5, straight)
+    assert_bitwise(resumed, straight)
+    iterations = [r["iteration"] for r in trainer.RunDir(workdir).metrics.rows()]
+    assert iterations == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"task.name": "countdwn"}, r"task.name='countdwn'.*countdown"),
+        ({"task.name": "piqa"}, r"task.name='piqa'.*target task"),
+        ({"model.name": "no-such-model"}, r"model.name='no-such-model'.*preset"),
+        ({"awd.lam": -1.0}, r"awd.lam=-1.0.*>= 0"),
+        ({"awd.lam": 5000.0}, r"alpha\*lam < 1"),
+        ({"awd.kind": "l3"}, r"awd.kind='l3'"),
+        ({"es.population_size": 5, "es.antithetic": True}, r"es.population_size=5.*even"),
+        ({"es.population_size": 1}, r"es.population_size=1.*at least 2"),
+        ({"es.sigma": 0.0}, r"es.sigma=0.0"),
+        ({"task.data_dir": "/no/such/dir"}, r"task.data_dir='/no/such/dir'.*no such directory"),
+    ],
+)
+def test_bad_configs_are_refused_before_loading(tmp_path, tiny_dir, monkeypatch, overrides, match):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(models, "load", no_load)
+    with pytest.raises(trainer.ConfigError, match=match):
+        train(tiny_config(tmp_path / "run", tiny_dir, **overrides))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir):
+    train(tiny_config(tmp_path / "run", tiny_dir, **{"es.num_iterations": 1}))
+    with pytest.raises(trainer.ConfigError, match=r"es.sigma=0.05.*es.sigma=0.1"):
+        train(tiny_config(tmp_path / "run", tiny_dir, **{"es.sigma": 0.1}))
+
+
+def test_non_finite_rewards_stop_the_run_and_keep_the_checkpoint(tmp_path, tiny_dir):
+    from esawd.tasks.countdown import Countdown
+
+    c = tiny_config(tmp_path / "run", tiny_dir, **{"es.num_iterations": 1})
+    train(c)
+    Countdown.reward = lambda self, text, ex: {"reward": float("nan"), "format_reward": 0.0,
+                                               "answer_reward": 0.0}  # fmt: skip
+    c.es.num_iterations = 2
+    with pytest.raises(FloatingPointError, match=r"iteration 2: non-finite rewards.*\(1\)"):
+        train(c)
+    assert trainer.RunDir(c.workdir).all_steps() == [1]
+
+
+def test_misspelled_key_suggests_the_right_one():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--config", "configs/default.py",
+         "--config.es.sigm=0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert 'Did you mean "sigma"' in out.stderr
+
+
+def test_command_line_overrides_reach_the_settings():
+    c = default.get_config()
+    c.es.population_size = 12
+    c.awd.kind = "l1"
+    s = run_cli.settings_from_config(c)
+    assert s.es.population_size == 12 and s.awd.kind == "l1"
+    assert s.model.name == "smollm2-135m-instruct"
+    trainer.check_settings(s)  # the default config is valid as shipped
+
+
+@pytest.mark.parametrize("variant", paper.variants())
+def test_paper_configs_build_with_paper_settings(variant):
+    c = paper.get_config(variant)
+    s = run_cli.settings_from_config(c)
+    trainer.check_settings(s)
+    assert (s.es.sigma, s.es.alpha, s.es.num_iterations) == (1e-3, 5e-4, 500)
+    assert (s.task.num_train, s.task.max_new_tokens) == (200, 1024)
+    assert s.model.name in models.PRESETS
+    if s.awd.kind == "l2":
+        assert s.awd.lam == 10.0
+    if s.awd.kind == "l1":
+        assert s.awd.lam == 0.01
+    assert s.es.population_size in (30, 128, 256)
+
+
+@pytest.mark.parametrize(
+    "variant", ["countdown_qwen3b_awd_l2", "gsm8k_qwen3b_es", "proofwriter_qwen3b_awd_l2"]
+)
+def test_paper_configs_tiny_dry_run(tmp_path, variant):
+    data_dir = os.environ.get("ESAWD_DATA_DIR")
+    if not data_dir:
+        pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
+    model_dir = write_tiny_model(tmp_path / "model", arch="qwen2")  # Qwen2 shape: q/k/v biases
+    c = paper.get_config(variant)
+    c.workdir = str(tmp_path / "run")
+    c.model.name = str(model_dir)
+    c.model.compute_dtype = "float32"
+    c.task.data_dir = data_dir
+    c.task.num_train = 2
+    c.task.max_new_tokens = 3
+    c.es.population_size = 2
+    c.es.num_iterations = 1
+    c.eval.num_examples = 2
+    c.log.progress = False
+    c.log.tensorboard = False
+    train(c)
+    rows = trainer.RunDir(c.workdir).es_log.rows()
+    assert len(rows) == 1 and rows[0]["kind"] == c.awd.kind

@@ -1,0 +1,69 @@
+"""A tiny random Llama-architecture model with a real (offline-trained) ChatML tokenizer.
+
+Used by the trainer tests: a local Hugging Face directory that `esawd.models.load` reads like
+any checkpoint, small enough that a whole ES run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% if not loop.last or m['role'] != 'assistant' %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(texts):
+    """A byte-level BPE trained on `texts`, as a transformers tokenizer with a chat template."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        chat_template=CHATML,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+def write_tiny_model(directory: Path, *, arch: str = "llama", seed: int = 0) -> Path:
+    """Write a random tiny model + tokenizer as a Hugging Face directory; returns it."""
+    from esawd import models, tasks
+
+    task = tasks.get_task("countdown")
+    texts = [m["content"] for e in task.generate(64, seed=99) for m in task.messages(e)]
+    tokenizer = make_tokenizer(texts)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = models.ModelConfig(
+        arch=arch,
+        vocab_size=409,  # prime, above the tokenizer's 400 + specials
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        d_ff=48,
+        rope_theta=10000.0,
+        max_position=2048,
+        tie_embeddings=arch == "llama",
+        qkv_bias=arch == "qwen2",
+        eos_ids=(eos,),
+    )
+    params = models.init_params(config, jax.random.key(seed))
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)  # peaky logits
+    models.export(models.Model(config, params, tokenizer), directory)
+    return directory
