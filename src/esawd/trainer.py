@@ -246,7 +246,9 @@ def score(task, tokenizer, tokens: np.ndarray, lengths: np.ndarray, examples) ->
 # ---------------------------------------------------------------------------------------
 
 
-def make_generate_fn(config, prompt_ids, prompt_mask, *, max_new_tokens: int) -> Callable:
+def make_generate_fn(
+    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False
+) -> Callable:
     """fitness(params, key) -> (tokens [B, T], lengths [B]): greedy generation on the prompts."""
     from esawd import sampling
 
@@ -254,7 +256,9 @@ def make_generate_fn(config, prompt_ids, prompt_mask, *, max_new_tokens: int) ->
 
     def generate(params, key):
         del key  # greedy decoding, as in the paper
-        return sampling.generate(config, params, ids, mask, max_new_tokens=max_new_tokens)
+        return sampling.generate(
+            config, params, ids, mask, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos
+        )
 
     return generate
 
