@@ -592,7 +592,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
     bar.close()
 
     # ---- export
-    if s.export:
+    if s.export and not (start == s.es.num_iterations and run.final_dir.exists()):
         models.export(models.Model(config, jax.device_get(params), tokenizer), run.final_dir)
     logs.close()
     run.close()
