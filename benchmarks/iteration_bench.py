@@ -53,13 +53,9 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         ignore_eos=args.fixed_length,
     )
-    score_seconds = [0.0]
 
     def score_fn(tokens, lengths):
-        t0 = time.perf_counter()
-        out = trainer.score(task, model.tokenizer, tokens, lengths, examples)
-        score_seconds[0] += time.perf_counter() - t0
-        return out
+        return trainer.score(task, model.tokenizer, tokens, lengths, examples)
 
     print(
         f"model {args.model}: {model.config.num_params() / 1e6:.1f}M params; N={args.population},"
@@ -73,7 +69,6 @@ def main() -> None:
         seeds = np.asarray(
             es.iteration_seeds(base_seed=0, iteration=it + 1, population_size=args.population)
         )
-        score_seconds[0] = 0.0
         t0 = time.perf_counter()
         member = trainer.evaluate_members(
             generate_fn,
@@ -108,7 +103,7 @@ def main() -> None:
             "seconds_per_iteration": (t1 - t0) + (t2 - t1),
             "population_seconds": t1 - t0,
             "perturb_seconds": (t4 - t3) * args.population,
-            "score_seconds": score_seconds[0],
+            "score_seconds": float(member["score_seconds"]),
             "update_awd_seconds": t2 - t1,
             "update_seconds": t3 - t2,
             "awd_seconds": (t2 - t1) - (t3 - t2),

@@ -268,3 +268,35 @@ def test_paper_configs_tiny_dry_run(tmp_path, variant):
     train(c)
     rows = trainer.RunDir(c.workdir).es_log.rows()
     assert len(rows) == 1 and rows[0]["kind"] == c.awd.kind
+
+
+def test_weights_and_biases_receives_the_metrics(tmp_path, tiny_dir, monkeypatch):
+    import types
+
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class FakeRun:
+        def log(self, scalars, step):
+            calls["log"].append((step, scalars))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    def init(**kwargs):
+        calls["init"].append(kwargs)
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    c = tiny_config(tmp_path / "run", tiny_dir, **{"log.wandb": True, "es.num_iterations": 1})
+    train(c)
+    assert calls["init"][0]["project"] == "esawd"
+    assert calls["init"][0]["config"]["es"]["population_size"] == 4
+    assert [step for step, _ in calls["log"]] == [0, 1]
+    assert "reward_mean" in calls["log"][1][1] and calls["finish"] == 1
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    c = tiny_config(tmp_path / "run", tiny_dir, **{"log.wandb": True})
+    with pytest.raises(trainer.ConfigError, match="pip install wandb"):
+        train(c)

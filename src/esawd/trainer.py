@@ -275,11 +275,15 @@ def evaluate_members(
     members_per_batch: int,
     noise_sharing: str,
 ) -> dict[str, np.ndarray]:
-    """Per-member mean scores, [N] or [2, K]; each group is scored while the next generates."""
+    """Per-member mean scores, [N] or [2, K]; each group is scored while the next generates.
+
+    Also returns `score_seconds`: host decoding + reward time, overlapped with generation.
+    """
     width = mesh.shape["pop"] * members_per_batch
     per_group = max(1, width // 2) if antithetic else width
     groups = [seeds[i : i + per_group] for i in range(0, len(seeds), per_group)]
     results: list[dict] = []
+    score_seconds: list[float] = []
     pending = None
 
     def finish(out):
@@ -287,7 +291,9 @@ def evaluate_members(
         lead = tokens.shape[:-2]  # [2, g] or [g]
         flat_t = tokens.reshape(-1, *tokens.shape[-2:])
         flat_l = lengths.reshape(-1, lengths.shape[-1])
+        t0 = time.perf_counter()
         rows = [score_fn(t, n) for t, n in zip(flat_t, flat_l, strict=True)]
+        score_seconds.append(time.perf_counter() - t0)
         results.append({k: np.array([r[k].mean() for r in rows]).reshape(lead) for k in rows[0]})
 
     for group in groups:
@@ -305,8 +311,9 @@ def evaluate_members(
             finish(pending)
         pending = out
     finish(pending)
-    axis = -1
-    return {k: np.concatenate([r[k] for r in results], axis=axis) for k in results[0]}
+    out = {k: np.concatenate([r[k] for r in results], axis=-1) for k in results[0]}
+    out["score_seconds"] = np.float64(sum(score_seconds))  # host time, overlapped
+    return out
 
 
 def evaluate_params(
@@ -575,6 +582,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
             "tokens_max": float(member["tokens"].max()),
             "drift_norm": drift_norm(params, anchor),
             "time/population": t_pop - t_iter,  # perturb + generate (device) + score (host)
+            "time/score": float(member["score_seconds"]),  # host part, overlapped
             "time/update": t_update - t_pop,  # fused ES + AWD step
         }
         if s.eval.num_examples and (
