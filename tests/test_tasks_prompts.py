@@ -196,25 +196,12 @@ def test_stored_verl_prompt_is_used_as_is():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from tiny_model import make_tokenizer
 
     # A byte-level BPE trained here on a few prompt strings: real tokenizer code, no download.
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([text for _, text in EXAMPLES.values()], trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        chat_template=CHATML,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+    return make_tokenizer(
+        [text for _, text in EXAMPLES.values()], vocab_size=500, chat_template=CHATML
     )
 
 

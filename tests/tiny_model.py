@@ -17,8 +17,11 @@ CHATML = (
 )
 
 
-def make_tokenizer(texts):
-    """A byte-level BPE trained on `texts`, as a transformers tokenizer with a chat template."""
+def make_tokenizer(texts, *, vocab_size: int = 400, chat_template: str = CHATML):
+    """A byte-level BPE trained on `texts`, as a transformers tokenizer with a chat template.
+
+    Real tokenizer code with no download: the tests' stand-in for a hub tokenizer.
+    """
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -26,7 +29,7 @@ def make_tokenizer(texts):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -34,7 +37,7 @@ def make_tokenizer(texts):
     bpe.train_from_iterator(texts, trainer)
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        chat_template=CHATML,
+        chat_template=chat_template,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
