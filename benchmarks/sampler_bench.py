@@ -99,18 +99,18 @@ def main() -> None:
         ids, mask = sampling.left_pad(rows, pad_id=config.eos_ids[0])
         lens = mask.sum(axis=1)
 
-        def ours(ids=ids, mask=mask):
+        def ours(ids=ids, mask=mask, new=NEW_TOKENS):
             tokens, _ = sampling.generate(
-                config, params, ids, mask, max_new_tokens=NEW_TOKENS, ignore_eos=True
+                config, params, ids, mask, max_new_tokens=new, ignore_eos=True
             )
             return np.asarray(tokens)
 
-        def theirs(ids=ids, mask=mask):
+        def theirs(ids=ids, mask=mask, new=NEW_TOKENS):
             with torch.inference_mode():
                 out = ref.generate(
                     torch.tensor(ids, dtype=torch.long),
                     attention_mask=torch.tensor(mask, dtype=torch.long),
-                    max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                    max_new_tokens=new, min_new_tokens=new, do_sample=False,
                     pad_token_id=config.eos_ids[0],
                 )  # fmt: skip
             return out[:, ids.shape[1] :].numpy()
@@ -119,12 +119,17 @@ def main() -> None:
         ours_tokens = ours()  # compile
         compile_s = time.perf_counter() - t
         theirs_tokens = theirs()  # warm up
+        ours(new=1)  # compile the prefill-only variant
         times = {"esawd": [], "transformers": []}
+        prefill = {"esawd": [], "transformers": []}
         for _ in range(args.repeats):
             for name, fn in (("esawd", ours), ("transformers", theirs)):
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                fn(new=1)  # prompt processing + one token
+                prefill[name].append(time.perf_counter() - t)
         # min_new_tokens suppresses EOS for transformers, so only rows without EOS compare
         same = np.mean(np.all(ours_tokens == theirs_tokens, axis=1))
         flops = useful_flops(config, lens, NEW_TOKENS)
@@ -135,13 +140,18 @@ def main() -> None:
             f"\nbatch {batch}: prompts {lens.min()}-{lens.max()} tokens (padded width "
             f"{ids.shape[1]}), {NEW_TOKENS} new tokens, first call incl. compile {compile_s:.1f}s"
         )
+        pre = {k: min(v) for k, v in prefill.items()}
+        # decode-only rate: the other NEW_TOKENS - 1 tokens over the time after the prefill
+        dec = {k: batch * (NEW_TOKENS - 1) / (best[k] - pre[k]) for k in best}
         for name in times:
             print(
                 f"  {name:13s} best {best[name]:7.2f}s  median {med[name]:7.2f}s  "
-                f"{tps[name]:8.1f} tokens/s (best)"
+                f"{tps[name]:8.1f} tokens/s (best) | prefill {pre[name]:5.2f}s, "
+                f"decode-only {dec[name]:7.1f} tokens/s"
             )
         print(f"  speed-up (best/best)   {tps['esawd'] / tps['transformers']:.2f}x")
         print(f"  speed-up (median)      {med['transformers'] / med['esawd']:.2f}x")
+        print(f"  speed-up decode-only   {dec['esawd'] / dec['transformers']:.2f}x")
         achieved = flops / best["esawd"]
         print(
             f"  esawd achieved {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of the "

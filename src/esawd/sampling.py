@@ -140,9 +140,18 @@ def decode_step(
 # ------------------------------------------------------------------------------ generation
 
 
+def _argmax(logits):
+    """First index of the maximum of logits [B, V]: int32 [B]."""
+    # Two plain reductions; XLA:CPU's fused (value, index) argmax reduction is ~8x slower here.
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    first = jnp.min(jnp.where(logits == top, iota, logits.shape[-1]), axis=-1)
+    return jnp.minimum(first, logits.shape[-1] - 1)  # NaN rows: no match, stay in range
+
+
 def _pick(logits, key, temperature, greedy):
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return _argmax(logits)
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
