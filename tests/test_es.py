@@ -472,3 +472,19 @@ def test_population_fitness_may_return_a_pytree():
     assert out["score"].shape == (2, 3)
     minus = es.perturb(params, 2, sigma=0.5, sign=-1.0)
     np.testing.assert_array_equal(out["argmax"][1, 2], jnp.argmax(minus["embed"], axis=1))
+
+
+@pytest.mark.parametrize("kind,lam", [("l2", 10.0), ("none", 0.0)])
+def test_es_step_reports_the_drift_norm(kind, lam):
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), make_params(1))
+    theta0 = jax.tree.map(lambda x: x - 0.01, params)
+    kw = dict(alpha=0.01, population_size=5, lam=lam, kind=kind)
+    new, drift = es.es_step(
+        jax.tree.map(jnp.copy, params), es.host_anchor(theta0), np.arange(5),
+        np.linspace(-1, 1, 5), with_drift=True, **kw,
+    )  # fmt: skip
+    want = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+                       for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(theta0),
+                                       strict=True)))  # fmt: skip
+    assert drift == pytest.approx(want, rel=1e-5)
+    assert drift > 0.01 * np.sqrt(sum(x.size for x in jax.tree.leaves(params))) * 0.5

@@ -300,3 +300,12 @@ def test_wandb_missing_is_a_clear_error(tmp_path, tiny_dir, monkeypatch):
     c = tiny_config(tmp_path / "run", tiny_dir, **{"log.wandb": True})
     with pytest.raises(trainer.ConfigError, match="pip install wandb"):
         train(c)
+
+
+def test_non_finite_parameters_stop_the_run_before_saving(tmp_path, tiny_dir):
+    overrides = {"es.num_iterations": 1, "es.alpha": 3e38, "awd.kind": "none"}
+    c = tiny_config(tmp_path / "run", tiny_dir, **overrides)  # the update overflows float32
+    with pytest.raises(FloatingPointError, match=r"iteration 1: the update produced non-finite"):
+        train(c)
+    assert trainer.RunDir(c.workdir).all_steps() == []
+    assert trainer.RunDir(c.workdir).es_log.rows() == []

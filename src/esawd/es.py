@@ -467,20 +467,28 @@ def host_anchor(params: Params) -> HostAnchor:
     return HostAnchor(treedef, tuple(stacked), leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "kind"), donate_argnums=0)
-def _leaf_step(x, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind):
+def _drift_sq(y: jax.Array, anchor: jax.Array) -> jax.Array:
+    d = y.astype(jnp.float32) - anchor.astype(jnp.float32)
+    return jnp.sum(d * d)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "kind", "drift"), donate_argnums=0)
+def _leaf_step(x, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind, drift):
     # Cast between the two steps so the fused result equals es_update then anchored_decay.
     y = _updated(x, _slice_delta(seeds, coeffs, spec, 0), scale)
-    return y if kind == "none" else _decayed(y, anchor, alpha_lam, kind)
+    if kind != "none":
+        y = _decayed(y, anchor, alpha_lam, kind)
+    return y, (_drift_sq(y, anchor) if drift else jnp.float32(0))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "kind"), donate_argnums=0)
-def _layer_step(x, layer, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind):
+@functools.partial(jax.jit, static_argnames=("spec", "kind", "drift"), donate_argnums=0)
+def _layer_step(x, layer, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind, drift):
     # x: [L, ...] donated, so the slice is written in place.
     y = _updated(x[layer], _slice_delta(seeds, coeffs, spec, layer), scale)
     if kind != "none":
         y = _decayed(y, anchor, alpha_lam, kind)
-    return lax.dynamic_update_index_in_dim(x, y, layer, 0)
+    sq = _drift_sq(y, anchor) if drift else jnp.float32(0)
+    return lax.dynamic_update_index_in_dim(x, y, layer, 0), sq
 
 
 def es_step(
@@ -494,22 +502,27 @@ def es_step(
     lam: float = 0.0,
     kind: str = "none",
     noise_sharing: str = "none",
-) -> Params:
+    with_drift: bool = False,
+) -> Params | tuple[Params, float]:
     """The fused ES update + AWD, streaming theta_0 from host memory slice by slice.
 
     `params` is donated: its buffers are reused for the result, so the caller must not use
     the input afterwards. Equals `anchored_decay(es_update(...), anchor)` to float32 rounding.
+    With `with_drift=True` it returns `(params, ||theta_t - theta_0||)`, computed from the
+    anchor slices already on the device (per-slice float32 sums, added in float64).
     """
     seeds, coeffs = _check_update_args(seeds, coeffs, alpha, population_size)
     check_awd(alpha=alpha, lam=lam, kind=kind)
     if lam == 0:
         kind = "none"
-    if kind != "none" and not isinstance(anchor, HostAnchor):
+    needs_anchor = kind != "none" or with_drift
+    if needs_anchor and not isinstance(anchor, HostAnchor):
         raise TypeError(
-            f"es_step with AWD needs a HostAnchor (see host_anchor), got {type(anchor)}."
+            f"es_step with AWD or with_drift needs a HostAnchor (see host_anchor), got "
+            f"{type(anchor)}."
         )
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    if kind != "none" and anchor.treedef != treedef:
+    if needs_anchor and anchor.treedef != treedef:
         raise ValueError(
             f"the anchor's structure does not match params:\n  anchor {anchor.treedef}\n  "
             f"params {treedef}\nBuild it with host_anchor(initial_params)."
@@ -517,20 +530,27 @@ def es_step(
     specs = _leaf_specs(params, noise_sharing)
     scale = jnp.float32(alpha / population_size)
     alpha_lam = jnp.float32(alpha * lam)
-    anchor_leaves = anchor.leaves if kind != "none" else [None] * len(leaves)
-    out = []
+    anchor_leaves = anchor.leaves if needs_anchor else [None] * len(leaves)
+    kw = dict(kind=kind, drift=with_drift)
+    out, squares = [], []
     for x, s, a in zip(leaves, specs, anchor_leaves, strict=True):
         if not s.stacked:
             a_dev = None if a is None else jax.device_put(a, _memory_sharding(x, "device"))
-            out.append(_leaf_step(x, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, kind=kind))
+            y, sq = _leaf_step(x, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
+            out.append(y)
+            squares.append(sq)
             continue
         target = _slice_sharding(x.sharding) if a is not None else None
         for i in range(x.shape[0]):
             # The copy of layer i+1 is dispatched while layer i computes (async dispatch).
             a_dev = None if a is None else jax.device_put(a[i], target)
-            x = _layer_step(x, i, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, kind=kind)
+            x, sq = _layer_step(x, i, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
+            squares.append(sq)
         out.append(x)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    new = jax.tree_util.tree_unflatten(treedef, out)
+    if not with_drift:
+        return new
+    return new, math.sqrt(float(np.sum(np.asarray(jax.device_get(squares), np.float64))))
 
 
 # ---------------------------------------------------------------------------------------
