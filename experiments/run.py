@@ -12,7 +12,7 @@ import sys
 from absl import app, logging
 from ml_collections import config_flags
 
-from esawd import trainer
+from esawd import grpo, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -35,14 +35,36 @@ def settings_from_config(c) -> trainer.Settings:
     )
 
 
+def grpo_settings_from_config(c) -> grpo.Settings:
+    """Unpack an ml-collections GRPO config into `esawd.grpo`'s typed settings."""
+    if not c.workdir:
+        raise trainer.ConfigError("workdir is empty: pass --config.workdir=DIR (the run dir).")
+    return grpo.Settings(
+        workdir=c.workdir,
+        model=trainer.ModelSettings(**c.model.to_dict()),
+        task=trainer.TaskSettings(**c.task.to_dict()),
+        grpo=grpo.GRPOSettings(**c.grpo.to_dict()),
+        eval=trainer.EvalSettings(**c.eval.to_dict()),
+        checkpoint_interval=c.checkpoint.interval,
+        checkpoint_max_to_keep=c.checkpoint.max_to_keep,
+        log=trainer.LogSettings(**c.log.to_dict()),
+        export=c.export,
+    )
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     config = _CONFIG.value
-    if config.method != "es":
-        raise trainer.ConfigError(f"method={config.method!r} is not implemented; use 'es'.")
+    if config.method not in ("es", "grpo"):
+        raise trainer.ConfigError(
+            f"method={config.method!r} is not implemented; use 'es' or 'grpo'."
+        )
     try:
-        trainer.train(settings_from_config(config), config_dict=config.to_dict())
+        if config.method == "grpo":
+            grpo.train(grpo_settings_from_config(config), config_dict=config.to_dict())
+        else:
+            trainer.train(settings_from_config(config), config_dict=config.to_dict())
     except trainer.ConfigError as e:
         sys.exit(f"config error: {e}")
 

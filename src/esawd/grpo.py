@@ -1,0 +1,672 @@
+"""GRPO, the paper's gradient baseline, on the same models, sampler, tasks and run directory.
+
+Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", Sec. 4.1), as
+Schweighofer et al. (2026) run it against ES: for each prompt a group of n completions is
+sampled at temperature 1, rewarded by the task, and given the group-normalised advantage
+
+    A_i = (r_i - mean_group r) / (std_group r + eps)        (std with Bessel's correction)
+
+Each mini-batch of prompts then takes one AdamW step on the clipped policy-ratio objective
+(PPO, Schulman et al. 2017) with a KL penalty to the reference model theta_0 (the anchor),
+averaged over every completion token of the mini-batch (token-level averaging, as verl's
+"token-mean" and DAPO, Yu et al. 2025):
+
+    rho = exp(log pi - log pi_old)
+    k3  = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1    (Schulman 2020, "k3")
+    L   = sum_tokens [ -min(rho A, clip(rho, 1 - eps, 1 + eps) A) + beta k3 ] / #tokens
+
+Gradients are taken with the same Flax decoder as everything else (float32 masters, the
+forward pass in the configured compute dtype) and accumulated over micro-batches of
+sequences, so memory is bounded by the micro-batch while the step is the mini-batch's.
+
+Determinism. The sampling key of step t is fold_in(key(seed), t) and every kernel sequence is
+fixed, so a run resumed from a checkpoint (parameters and optimizer state) ends bitwise equal
+to an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from esawd import models, trainer
+from esawd.rundir import RunDir
+from esawd.trainer import ConfigError, EvalSettings, LogSettings, ModelSettings, TaskSettings
+from esawd.types import Params, PRNGKey
+
+# ---------------------------------------------------------------------------------------
+# Settings.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    num_steps: int = 500
+    prompts_per_step: int = 200  # drawn from the task.num_train training prompts each step
+    group_size: int = 30  # n completions per prompt
+    temperature: float = 1.0
+    learning_rate: float = 1e-6
+    kl_coef: float = 1e-3  # beta
+    clip_eps: float = 0.2
+    mini_batch_size: int = 32  # prompts (groups) per optimizer update, as verl counts them
+    micro_batch_size: int = 8  # sequences per gradient computation (accumulated)
+    generate_batch_size: int = 256  # sequences per sampler call
+    weight_decay: float = 0.01  # AdamW's (towards 0, not theta_0)
+    max_grad_norm: float = 1.0  # global-norm clipping before AdamW (0: off)
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    adv_eps: float = 1e-6  # added to the group std
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    workdir: str
+    model: ModelSettings = ModelSettings()
+    task: TaskSettings = TaskSettings()
+    grpo: GRPOSettings = GRPOSettings()
+    eval: EvalSettings = EvalSettings()
+    checkpoint_interval: int = 50
+    checkpoint_max_to_keep: int | None = 3
+    log: LogSettings = LogSettings()
+    export: bool = True
+
+
+# Keys a resumed run may change. micro_batch_size changes only the summation order of the
+# accumulated gradients (float rounding); every other key must match config.json.
+RESUMABLE_CHANGES = (
+    "grpo.num_steps",
+    "grpo.micro_batch_size",
+    "eval.",
+    "log.",
+    "checkpoint",
+    "export",
+    "model.cache_dir",
+    "task.data_dir",
+)
+
+
+def check_settings(s: Settings) -> None:
+    """Refuse bad settings with an error naming the key, the value and the valid range."""
+    # Model, task, evaluation and checkpoint keys are the ES trainer's: its checks apply as is.
+    trainer.check_settings(
+        trainer.Settings(
+            workdir=s.workdir,
+            model=s.model,
+            task=s.task,
+            eval=s.eval,
+            checkpoint_interval=s.checkpoint_interval,
+        )
+    )
+    g = s.grpo
+
+    def bad(key: str, value: Any, valid: str) -> ConfigError:
+        return ConfigError(f"grpo.{key}={value!r} is invalid: {valid}.")
+
+    for key in ("num_steps", "prompts_per_step", "mini_batch_size", "micro_batch_size"):
+        if getattr(g, key) < 1:
+            raise bad(key, getattr(g, key), "must be >= 1")
+    if g.generate_batch_size < 1:
+        raise bad("generate_batch_size", g.generate_batch_size, "must be >= 1")
+    if g.group_size < 2:
+        raise bad("group_size", g.group_size, "need at least 2 completions per prompt")
+    if g.prompts_per_step > s.task.num_train:
+        raise bad(
+            "prompts_per_step",
+            g.prompts_per_step,
+            f"at most task.num_train={s.task.num_train} (raise task.num_train or lower this)",
+        )
+    if g.mini_batch_size > g.prompts_per_step:
+        raise bad("mini_batch_size", g.mini_batch_size, f"at most {g.prompts_per_step} prompts")
+    for key in ("temperature", "learning_rate", "adv_eps", "adam_eps"):
+        value = getattr(g, key)
+        if not (math.isfinite(value) and value > 0):
+            raise bad(key, value, "must be a positive finite number")
+    for key in ("kl_coef", "weight_decay", "max_grad_norm"):
+        value = getattr(g, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise bad(key, value, "must be a finite number >= 0")
+    if not 0 < g.clip_eps < 1:
+        raise bad("clip_eps", g.clip_eps, "must lie in (0, 1)")
+    for key in ("adam_b1", "adam_b2"):
+        if not 0 <= getattr(g, key) < 1:
+            raise bad(key, getattr(g, key), "must lie in [0, 1)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resumable(stored: dict[str, Any], current: dict[str, Any], *, workdir: str) -> None:
+    """Refuse to resume a GRPO run directory whose config differs in a key that matters."""
+    keep = lambda d: {k: v for k, v in _flat(d).items() if not k.startswith(RESUMABLE_CHANGES)}
+    trainer.check_resumable(keep(stored), keep(current), workdir=workdir)
+
+
+# ---------------------------------------------------------------------------------------
+# The objective.
+# ---------------------------------------------------------------------------------------
+
+# Log-ratios are clamped to +-20 before exp (as verl does): a token whose probability moved
+# by more than e^20 would otherwise give inf, and 0 * inf = NaN in a masked gradient.
+LOG_RATIO_CLAMP = 20.0
+
+
+def group_advantages(rewards: jax.Array | np.ndarray, *, eps: float = 1e-6) -> jax.Array:
+    """Group-normalised advantages [P, n] of rewards [P, n] (std with Bessel's correction)."""
+    r = jnp.asarray(rewards, jnp.float32)
+    if r.ndim != 2 or r.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, group >= 2], got shape {r.shape}")
+    mean = r.mean(axis=1, keepdims=True)
+    std = r.std(axis=1, ddof=1, keepdims=True)
+    return (r - mean) / (std + eps)
+
+
+def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    """The k3 estimator of KL(pi || pi_ref) per token: exp(d) - d - 1, d = ref_logp - logp."""
+    d = jnp.clip(ref_logp - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return jnp.expm1(d) - d  # expm1: exp(d) - 1 cancels badly in float32 for small d
+
+
+def policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_eps: float,
+    kl_coef: float,
+    num_tokens: jax.Array | float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped GRPO loss with k3 KL, summed over tokens [B, C] and divided by num_tokens.
+
+    num_tokens is the token count of the whole mini-batch, so micro-batch losses (and their
+    gradients) add up to the mini-batch's token-level average. Also returns token sums
+    (`pg`, `kl`, `clipped`, `ratio`, `tokens`) for the metrics.
+    """
+    mask = mask.astype(bool)
+    adv = advantages[:, None]  # [B, 1]: one advantage per completion
+    ratio = jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, C]
+    unclipped = -adv * ratio
+    clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg = jnp.maximum(unclipped, clipped)  # = -min(rho A, clip(rho) A)
+    kl = k3_kl(logp, ref_logp)
+    per_token = jnp.where(mask, pg + kl_coef * kl, 0.0)
+    loss = per_token.sum() / num_tokens
+    zero = jnp.zeros_like(ratio)
+    aux = {
+        "pg": jnp.where(mask, pg, zero).sum(),
+        "kl": jnp.where(mask, kl, zero).sum(),
+        "clipped": jnp.where(mask & (clipped > unclipped), 1.0, 0.0).sum(),
+        "ratio": jnp.where(mask, ratio, zero).sum(),
+        "tokens": mask.sum().astype(jnp.float32),
+    }
+    return loss, aux
+
+
+def token_log_probs(
+    config: models.ModelConfig,
+    params: Params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    cont_ids: jax.Array,
+    cont_mask: jax.Array,
+    *,
+    chunk: int = 64,
+) -> jax.Array:
+    """Log-probabilities [B, C] of continuation tokens after left-padded prompts, 0 on padding.
+
+    Differentiable in `params` and traceable (no host checks): the training-time twin of
+    `sampling.sequence_log_probs`. Logits are formed `chunk` tokens at a time under
+    `jax.checkpoint`, so neither the forward nor the backward pass holds [B, C, V] at once.
+    """
+    B, P = prompt_ids.shape
+    C = cont_ids.shape[1]
+    chunk = min(chunk, C)
+    p = models.cast_params(params, config.dtype)  # the cast's gradient returns float32
+    ids = jnp.concatenate([prompt_ids, cont_ids], axis=1)  # [B, P+C]
+    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)  # [B, P+C]
+    h, _ = models.hidden_states(config, p, ids, models.positions_from_mask(mask), mask)
+    h = h[:, P - 1 : P + C - 1]  # [B, C, D]: the states that predict each continuation token
+    n = -(-C // chunk)
+    h = jnp.pad(h, ((0, 0), (0, n * chunk - C), (0, 0))).reshape(B, n, chunk, -1)
+    targets = jnp.pad(cont_ids, ((0, 0), (0, n * chunk - C))).reshape(B, n, chunk)
+
+    @jax.checkpoint
+    def score(args):
+        h_c, t_c = args  # [B, chunk, D], [B, chunk]
+        logits = models.logits_from_hidden(config, p, h_c)  # [B, chunk, V] float32
+        picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    lp = jax.lax.map(score, (h.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n, B, chunk]
+    lp = lp.swapaxes(0, 1).reshape(B, n * chunk)[:, :C]
+    return jnp.where(cont_mask, lp, 0.0)
+
+
+_log_probs_jit = jax.jit(token_log_probs, static_argnames=("config", "chunk"))
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnums=3)
+def _accumulate_grad(
+    config, params, ref_params, acc, prompt_ids, prompt_mask, tokens, mask, adv, old_logp,
+    num_tokens, clip_eps, kl_coef,
+):  # fmt: skip
+    """acc + the gradient of one micro-batch's share of the mini-batch loss, and its sums."""
+
+    def loss_fn(p):
+        logp = token_log_probs(config, p, prompt_ids, prompt_mask, tokens, mask)
+        ref = jax.lax.stop_gradient(
+            token_log_probs(config, ref_params, prompt_ids, prompt_mask, tokens, mask)
+        )
+        # On-policy (first mini-batch of a step): pi_old is the current policy itself.
+        old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
+        return policy_loss(
+            logp, old, ref, adv, mask, clip_eps=clip_eps, kl_coef=kl_coef, num_tokens=num_tokens
+        )
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return jax.tree.map(jnp.add, acc, grads), loss, aux
+
+
+# ---------------------------------------------------------------------------------------
+# Rollouts and the update.
+# ---------------------------------------------------------------------------------------
+
+
+class Rollout(NamedTuple):
+    """Sequences of one step, prompt-major (row p*n + j is completion j of prompt p)."""
+
+    prompt_ids: np.ndarray  # [S, T] left-padded
+    prompt_mask: np.ndarray  # [S, T]
+    tokens: np.ndarray  # [S, C] completion tokens, right-padded
+    mask: np.ndarray  # [S, C] True on real completion tokens
+    advantages: np.ndarray  # [S]
+
+    def take(self, rows: np.ndarray, valid: np.ndarray) -> Rollout:
+        """The rows `rows`; rows where `valid` is False are padding (no tokens, no advantage)."""
+        return Rollout(
+            self.prompt_ids[rows],
+            self.prompt_mask[rows],
+            self.tokens[rows],
+            self.mask[rows] & valid[:, None],
+            np.where(valid, self.advantages[rows], 0.0).astype(np.float32),
+        )
+
+
+def _padded_chunks(rows: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`rows` in chunks of exactly `size` (the last padded by repeating a row, marked invalid)."""
+    out = []
+    for i in range(0, len(rows), size):
+        part = rows[i : i + size]
+        valid = np.arange(size) < len(part)
+        out.append((np.resize(part, size) if len(part) < size else part, valid))
+    return out
+
+
+def rollout(
+    config: models.ModelConfig,
+    params: Params,
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    key: PRNGKey,
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    ignore_eos: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """n sampled completions per prompt [P, T]: tokens [P*n, max_new_tokens], lengths [P*n].
+
+    Sequences are generated `batch_size` at a time (the last call padded to the same shape);
+    call b samples with fold_in(key, b).
+    """
+    from esawd import sampling
+
+    ids = np.repeat(np.asarray(prompt_ids), group_size, axis=0)  # [P*n, T]
+    mask = np.repeat(np.asarray(prompt_mask), group_size, axis=0)
+    batch_size = min(batch_size, len(ids))
+    tokens, lengths = [], []
+    for b, (rows, valid) in enumerate(_padded_chunks(np.arange(len(ids)), batch_size)):
+        t, n = sampling.generate(
+            config, params, ids[rows], mask[rows], max_new_tokens=max_new_tokens,
+            temperature=temperature, key=jax.random.fold_in(key, b), ignore_eos=ignore_eos,
+        )  # fmt: skip
+        t, n = jax.device_get((t, n))
+        tokens.append(t[valid])
+        lengths.append(n[valid])
+    return np.concatenate(tokens), np.concatenate(lengths)
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """Global-norm clipping (skipped when max_grad_norm is 0), then AdamW."""
+    adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+    return adamw
+
+
+def make_apply_fn(optimizer: optax.GradientTransformation):
+    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm), jitted and donated."""
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def apply(params, opt_state, grads):
+        norm = optax.tree.norm(grads)  # before clipping
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, norm
+
+    return apply
+
+
+def old_log_probs(
+    config: models.ModelConfig,
+    params: Params,
+    batch: Rollout,
+    rows: np.ndarray,
+    *,
+    micro_batch_size: int,
+) -> np.ndarray:
+    """log pi_old [len(rows), C] of the given rows, computed `micro_batch_size` at a time."""
+    out = []
+    for idx, valid in _padded_chunks(rows, micro_batch_size):
+        mb = batch.take(idx, valid)
+        lp = _log_probs_jit(config, params, mb.prompt_ids, mb.prompt_mask, mb.tokens, mb.mask)
+        out.append(np.asarray(lp)[valid])
+    return np.concatenate(out)
+
+
+def update(
+    config: models.ModelConfig,
+    params: Params,
+    opt_state: Any,
+    ref_params: Params,
+    batch: Rollout,
+    *,
+    apply_fn,
+    mini_batch_rows: int,
+    micro_batch_size: int,
+    clip_eps: float,
+    kl_coef: float,
+) -> tuple[Params, Any, dict[str, float]]:
+    """One GRPO step on a rollout: an AdamW update per mini-batch of `mini_batch_rows` rows.
+
+    The first mini-batch is on-policy (pi_old = the current policy); log pi_old of the later
+    ones is computed before any update. Gradients are accumulated over micro-batches.
+    """
+    rows = np.arange(len(batch.tokens))
+    minis = [rows[i : i + mini_batch_rows] for i in range(0, len(rows), mini_batch_rows)]
+    t0 = time.perf_counter()
+    old = None
+    if len(minis) > 1:  # pi_old of the later mini-batches, before the first update
+        old = np.zeros(batch.tokens.shape, np.float32)
+        old[minis[1][0] :] = old_log_probs(
+            config, params, batch, rows[minis[1][0] :], micro_batch_size=micro_batch_size
+        )
+    t_old = time.perf_counter() - t0
+    sums = {"loss": 0.0, "pg": 0.0, "kl": 0.0, "clipped": 0.0, "ratio": 0.0, "tokens": 0.0}
+    norms = []
+    for m, mini in enumerate(minis):
+        num_tokens = jnp.float32(max(int(batch.mask[mini].sum()), 1))
+        acc = jax.tree.map(jnp.zeros_like, params)
+        for idx, valid in _padded_chunks(mini, micro_batch_size):
+            mb = batch.take(idx, valid)
+            mb_old = None if m == 0 else np.where(mb.mask, old[idx], 0.0).astype(np.float32)
+            acc, loss, aux = _accumulate_grad(
+                config, params, ref_params, acc, mb.prompt_ids, mb.prompt_mask, mb.tokens,
+                mb.mask, mb.advantages, mb_old, num_tokens, jnp.float32(clip_eps),
+                jnp.float32(kl_coef),
+            )  # fmt: skip
+            sums["loss"] += float(loss) / len(minis)
+            for k, v in aux.items():
+                sums[k] += float(v)
+        params, opt_state, norm = apply_fn(params, opt_state, acc)
+        norms.append(float(norm))
+    tokens = max(sums["tokens"], 1.0)
+    metrics = {
+        "loss": sums["loss"],  # mean over mini-batches of the token-level loss
+        "pg_loss": sums["pg"] / tokens,
+        "kl": sums["kl"] / tokens,  # k3, token mean, against theta_0
+        "clip_fraction": sums["clipped"] / tokens,
+        "ratio_mean": sums["ratio"] / tokens,
+        "grad_norm": float(np.mean(norms)),  # before clipping, mean over mini-batches
+        "num_updates": len(minis),
+        "time/old_logp": t_old,
+    }
+    return params, opt_state, metrics
+
+
+@jax.jit
+def _drift_norm(params, anchor):
+    sq = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params, anchor)
+    return jnp.sqrt(sum(jax.tree.leaves(sq)))
+
+
+def drift_norm(params: Params, anchor: Params) -> float:
+    """||theta - theta_0|| over every parameter (float32, on device)."""
+    return float(_drift_norm(params, anchor))
+
+
+def step_prompts(num_train: int, *, prompts_per_step: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the training prompts of step `step`: a seeded draw without replacement."""
+    return np.random.default_rng([seed, step]).permutation(num_train)[:prompts_per_step]
+
+
+# ---------------------------------------------------------------------------------------
+# The run directory: parameters and optimizer state in one atomic checkpoint.
+# ---------------------------------------------------------------------------------------
+
+
+class GRPORunDir(RunDir):
+    """`RunDir` whose checkpoints also hold the optimizer state, as a separate Orbax item.
+
+    The `params` and `meta` items are the ES trainer's, so `RunDir.restore` (and every tool
+    built on it) reads GRPO checkpoints unchanged.
+    """
+
+    def save_state(self, step: int, params: Params, opt_state: Any, meta: dict) -> None:
+        """A checkpoint of parameters, optimizer state and `meta`, finished before returning."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore_state(self, step: int, params: Params, opt_state: Any) -> tuple[Params, Any, dict]:
+        """Parameters, optimizer state (placed like the given ones) and meta at `step`."""
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = lambda tree: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=getattr(x, "sharding", default)
+            ),
+            tree,
+        )
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract(params)),
+                opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return out["params"], out["opt_state"], dict(out["meta"])
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------
+
+
+def _reward_stats(scores: dict[str, np.ndarray], group_size: int) -> dict[str, float]:
+    r = scores["reward"]
+    return {
+        "reward_mean": float(r.mean()),
+        "reward_std": float(r.std()),
+        "reward_min": float(r.min()),
+        "reward_max": float(r.max()),
+        "format_reward": float(scores["format_reward"].mean()),
+        "answer_reward": float(scores["answer_reward"].mean()),
+        "accuracy": float(scores["accuracy"].mean()),
+        "tokens_mean": float(scores["tokens"].mean()),
+        "tokens_max": float(scores["tokens"].max()),
+        # groups whose rewards are all equal have zero advantage: no learning signal
+        "zero_std_groups": float((r.reshape(-1, group_size).std(axis=1) == 0).mean()),
+    }
+
+
+def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
+    """Run (or resume) GRPO as `s` says; returns the final parameters."""
+    from tqdm.auto import tqdm
+
+    from esawd import tasks
+
+    # ---- checks, before anything heavy is loaded
+    config_dict = dataclasses.asdict(s) if config_dict is None else config_dict
+    check_settings(s)
+    g = s.grpo
+    run = GRPORunDir(s.workdir, max_to_keep=s.checkpoint_max_to_keep)
+    stored = run.read_config()
+    if stored is not None:
+        check_resumable(stored, config_dict, workdir=s.workdir)
+    task = tasks.get_task(s.task.name)
+    train_examples, eval_examples = trainer.load_examples(
+        s.task, eval_size=s.eval.num_examples, seed=g.seed
+    )
+    run.write_config(config_dict)
+
+    # ---- model, prompts, optimizer
+    model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
+    config, tokenizer = model.config, model.tokenizer
+    prompts = trainer.encode(task, train_examples, tokenizer)  # [num_train, T]
+    optimizer = make_optimizer(
+        learning_rate=g.learning_rate, weight_decay=g.weight_decay,
+        max_grad_norm=g.max_grad_norm, b1=g.adam_b1, b2=g.adam_b2, eps=g.adam_eps,
+    )  # fmt: skip
+    apply_fn = make_apply_fn(optimizer)
+
+    # ---- state: theta_0 (the reference model) from disk; theta_t and AdamW's moments from
+    # the latest checkpoint
+    if not run.has_anchor():
+        run.save_anchor(model.params)
+    ref_params = jax.device_put(run.restore_anchor_numpy(model.params))
+    params = jax.device_put(model.params)
+    opt_state = optimizer.init(params)
+    del model
+    start = run.latest_step() or 0
+    if start:
+        params, opt_state, meta = run.restore_state(start, params, opt_state)
+        if meta.get("grpo_seed") != g.seed:
+            raise ConfigError(f"checkpoint {start} was made with grpo.seed={meta.get('grpo_seed')}")
+    run.metrics.truncate_after(start)
+    logs = trainer.Loggers(run, s.log, config_dict)
+    bar = tqdm(total=g.num_steps, initial=start, disable=not s.log.progress, desc="GRPO", unit="st")
+    root_key = jax.random.key(g.seed)
+
+    def evaluate() -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = trainer.evaluate_params(
+            config, params, tokenizer, task, eval_examples,
+            max_new_tokens=s.task.max_new_tokens, batch_size=s.eval.batch_size,
+        )  # fmt: skip
+        return {**{f"eval/{k}": v for k, v in m.items()}, "time/eval": time.perf_counter() - t0}
+
+    if start == 0 and s.eval.num_examples and s.eval.interval:
+        logs.write(0, {**evaluate(), "drift_norm": 0.0})
+
+    # ---- the loop
+    for t in range(start + 1, g.num_steps + 1):
+        t_step = time.perf_counter()
+        idx = step_prompts(len(train_examples), prompts_per_step=g.prompts_per_step,
+                           seed=g.seed, step=t)  # fmt: skip
+        tokens, lengths = rollout(
+            config, params, prompts.ids[idx], prompts.mask[idx], jax.random.fold_in(root_key, t),
+            group_size=g.group_size, max_new_tokens=s.task.max_new_tokens,
+            temperature=g.temperature, batch_size=g.generate_batch_size,
+        )  # fmt: skip
+        t_rollout = time.perf_counter()
+        examples = [train_examples[i] for i in idx for _ in range(g.group_size)]
+        scores = trainer.score(task, tokenizer, tokens, lengths, examples)
+        t_score = time.perf_counter()
+        if not np.all(np.isfinite(scores["reward"])):
+            raise FloatingPointError(
+                f"step {t}: non-finite rewards; the last good checkpoint "
+                f"({run.latest_step()}) is intact."
+            )
+        adv = group_advantages(scores["reward"].reshape(-1, g.group_size), eps=g.adv_eps)
+        # Completions are scored up to the longest one (rounded to 64 tokens to bound the
+        # number of compiled shapes), not the full max_new_tokens.
+        width = min(tokens.shape[1], -(-int(lengths.max()) // 64) * 64)
+        batch = Rollout(
+            np.repeat(prompts.ids[idx], g.group_size, axis=0),
+            np.repeat(prompts.mask[idx], g.group_size, axis=0),
+            tokens[:, :width],
+            np.arange(width)[None, :] < lengths[:, None],
+            np.asarray(adv, np.float32).reshape(-1),
+        )
+        params, opt_state, upd = update(
+            config, params, opt_state, ref_params, batch, apply_fn=apply_fn,
+            mini_batch_rows=g.mini_batch_size * g.group_size,
+            micro_batch_size=g.micro_batch_size, clip_eps=g.clip_eps, kl_coef=g.kl_coef,
+        )  # fmt: skip
+        finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params))
+        t_update = time.perf_counter()
+        if not finite:
+            raise FloatingPointError(
+                f"step {t}: the update produced non-finite parameters; the last good "
+                f"checkpoint ({run.latest_step()}) is intact."
+            )
+        metrics = {
+            **upd,
+            **_reward_stats(scores, g.group_size),
+            "drift_norm": drift_norm(params, ref_params),
+            "time/rollout": t_rollout - t_step,  # sampling n completions per prompt
+            "time/score": t_score - t_rollout,  # host decoding + rewards
+            "time/update": t_update - t_score,  # pi_old, gradients, AdamW
+        }
+        if s.eval.num_examples and (
+            (s.eval.interval and t % s.eval.interval == 0) or t == g.num_steps
+        ):
+            metrics.update(evaluate())
+        if t % s.checkpoint_interval == 0 or t == g.num_steps:
+            t0 = time.perf_counter()
+            run.save_state(t, params, opt_state, {"iteration": t, "grpo_seed": g.seed})
+            metrics["time/checkpoint"] = time.perf_counter() - t0
+        metrics["time/iteration"] = time.perf_counter() - t_step
+        logs.write(t, metrics)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}")
+        bar.update(1)
+    bar.close()
+
+    # ---- export
+    if s.export and not (start == g.num_steps and run.final_dir.exists()):
+        models.export(models.Model(config, jax.device_get(params), tokenizer), run.final_dir)
+    logs.close()
+    run.close()
+    return params

@@ -1,0 +1,417 @@
+"""GRPO: the objective against a numpy reference, gradients against finite differences, a toy
+task it must learn, and the trainer end to end (run directory, resume, configs)."""
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_model import write_tiny_model
+from trainer_driver import patch_reward
+
+from configs import grpo_default, grpo_paper
+from esawd import grpo, models, sampling, tasks, trainer
+from esawd.rundir import RunDir
+from experiments import run as run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return models.load(tiny_dir)
+
+
+@pytest.fixture(autouse=True)
+def varied_reward():
+    from esawd.tasks.countdown import Countdown
+
+    original = Countdown.reward
+    patch_reward()
+    yield
+    Countdown.reward = original
+
+
+# ---------------------------------------------------------------------------------------
+# The objective against numpy, on hand-made batches.
+# ---------------------------------------------------------------------------------------
+
+
+def np_advantages(rewards, eps):
+    out = np.zeros_like(rewards, dtype=np.float64)
+    for p, group in enumerate(rewards):
+        mean = sum(group) / len(group)
+        std = np.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
+        out[p] = [(r - mean) / (std + eps) for r in group]
+    return out
+
+
+def np_loss(logp, old, ref, adv, mask, clip_eps, beta, num_tokens):
+    """Token by token: -min(rho A, clip(rho) A) + beta k3, summed over real tokens / count."""
+    total, clipped = 0.0, 0
+    for b in range(logp.shape[0]):
+        for c in range(logp.shape[1]):
+            if not mask[b, c]:
+                continue
+            rho = np.exp(logp[b, c] - old[b, c])
+            a = adv[b]
+            rho_c = min(max(rho, 1 - clip_eps), 1 + clip_eps)
+            total += -min(rho * a, rho_c * a)
+            clipped += int(rho_c * a < rho * a)  # the clipped term is the active one
+            d = ref[b, c] - logp[b, c]
+            total += beta * (np.exp(d) - d - 1)
+    return total / num_tokens, clipped
+
+
+def test_group_advantages_match_numpy():
+    rewards = np.array([[1.0, 0.0, 0.5, 0.25], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 3.0]])
+    got = np.asarray(grpo.group_advantages(rewards, eps=1e-6))
+    np.testing.assert_allclose(got, np_advantages(rewards, 1e-6), rtol=1e-6, atol=1e-6)
+    assert np.all(got[1] == 0)  # a group with equal rewards carries no signal
+    np.testing.assert_allclose(got.mean(axis=1), 0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[prompts, group >= 2\].*\(3,\)"):
+        grpo.group_advantages(np.ones(3))
+
+
+def test_k3_kl_matches_numpy_and_is_non_negative():
+    logp = np.log(np.array([0.5, 0.1, 0.9, 0.3]))
+    ref = np.log(np.array([0.5, 0.3, 0.2, 0.31]))
+    d = ref - logp
+    np.testing.assert_allclose(np.asarray(grpo.k3_kl(logp, ref)), np.exp(d) - d - 1, rtol=1e-5)
+    assert float(grpo.k3_kl(logp, ref)[0]) == 0.0 and np.all(np.asarray(grpo.k3_kl(logp, ref)) >= 0)
+    # unbiased: E_{x~pi}[k3] = KL(pi || ref) on a small categorical
+    pi, pr = np.array([0.2, 0.5, 0.3]), np.array([0.4, 0.4, 0.2])
+    k3 = np.asarray(grpo.k3_kl(np.log(pi), np.log(pr)))
+    np.testing.assert_allclose((pi * k3).sum(), (pi * np.log(pi / pr)).sum(), rtol=1e-5)
+
+
+def test_policy_loss_matches_numpy_with_clipping_and_micro_batches():
+    rng = np.random.default_rng(3)
+    B, C = 5, 7
+    logp = rng.normal(-2.0, 1.0, (B, C)).astype(np.float32)
+    old = (logp + rng.normal(0, 0.4, (B, C))).astype(np.float32)  # ratios well outside 1 +- 0.2
+    ref = (logp + rng.normal(0, 0.5, (B, C))).astype(np.float32)
+    adv = np.array([1.5, -0.7, 0.0, -1.2, 0.4], np.float32)
+    mask = np.arange(C)[None, :] < np.array([7, 3, 5, 1, 6])[:, None]
+    n = int(mask.sum())
+    want, want_clipped = np_loss(logp, old, ref, adv, mask, 0.2, 0.05, n)
+    loss, aux = grpo.policy_loss(
+        logp, old, ref, adv, mask, clip_eps=0.2, kl_coef=0.05, num_tokens=n
+    )
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert 0 < want_clipped < n and int(aux["clipped"]) == want_clipped
+    assert int(aux["tokens"]) == n
+    # micro-batches dividing by the mini-batch's token count add up to the whole
+    parts = [
+        grpo.policy_loss(logp[s], old[s], ref[s], adv[s], mask[s], clip_eps=0.2, kl_coef=0.05,
+                         num_tokens=n)[0]
+        for s in (slice(0, 2), slice(2, 5))
+    ]  # fmt: skip
+    np.testing.assert_allclose(float(sum(parts)), want, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Log-probabilities and gradients on the tiny model.
+# ---------------------------------------------------------------------------------------
+
+
+def tiny_batch(tiny, *, group_size=3, max_new_tokens=6, seed=0):
+    task = tasks.get_task("countdown")
+    examples = task.generate(2, seed=5)
+    prompts = trainer.encode(task, examples, tiny.tokenizer)
+    tokens, lengths = grpo.rollout(
+        tiny.config, tiny.params, prompts.ids, prompts.mask, jax.random.key(seed),
+        group_size=group_size, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    return prompts, tokens, lengths
+
+
+def test_token_log_probs_match_the_sampler(tiny):
+    prompts, tokens, lengths = tiny_batch(tiny)
+    ids, mask = (np.repeat(x, 3, axis=0) for x in prompts)
+    cont_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    got = grpo.token_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask, chunk=4)
+    want = sampling.sequence_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(got)[~cont_mask] == 0) and np.all(np.asarray(got)[cont_mask] < 0)
+
+
+def loss_inputs(tiny, *, off_policy):
+    prompts, tokens, lengths = tiny_batch(tiny, group_size=2, max_new_tokens=5)
+    ids, pmask = (np.repeat(x, 2, axis=0) for x in prompts)
+    mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    mask[1, 2:] = False  # a shorter completion
+    adv = np.array([1.0, -0.5, 0.8, -1.3], np.float32)
+    rng = np.random.default_rng(0)
+    ref_params = jax.tree.map(lambda x: x + 0.02 * rng.standard_normal(x.shape), tiny.params)
+    old = None
+    if off_policy:
+        lp = grpo.token_log_probs(tiny.config, tiny.params, ids, pmask, tokens, mask)
+        old = np.where(mask, np.asarray(lp) + rng.normal(0, 0.3, mask.shape), 0).astype(np.float32)
+    return ids, pmask, tokens, mask, adv, old, ref_params
+
+
+KW = (jnp.float32(0.2), jnp.float32(0.5))  # clip_eps, kl_coef
+
+
+@pytest.mark.parametrize("off_policy", [False, True])
+def test_loss_gradient_matches_finite_differences(tiny, off_policy):
+    cfg, params = tiny.config, tiny.params
+    ids, pmask, tokens, mask, adv, old, ref_params = loss_inputs(tiny, off_policy=off_policy)
+    n = jnp.float32(mask.sum())
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, loss, _ = grpo._accumulate_grad(
+        cfg, params, ref_params, zeros, ids, pmask, tokens, mask, adv, old, n, *KW
+    )
+    ref_lp = grpo.token_log_probs(cfg, ref_params, ids, pmask, tokens, mask)
+    fixed_old = old
+    if old is None:  # on-policy: pi_old is the policy at the evaluation point, held fixed
+        fixed_old = grpo.token_log_probs(cfg, params, ids, pmask, tokens, mask)
+
+    @jax.jit
+    def loss_at(p):
+        lp = grpo.token_log_probs(cfg, p, ids, pmask, tokens, mask)
+        return grpo.policy_loss(lp, fixed_old, ref_lp, adv, mask, clip_eps=KW[0], kl_coef=KW[1],
+                                num_tokens=n)[0]  # fmt: skip
+
+    assert float(loss_at(params)) == pytest.approx(float(loss), rel=1e-5)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        v = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), params)
+        h = 1e-3 / np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(v)))
+        plus = jax.tree.map(lambda x, d: x + h * d, params, v)  # noqa: B023
+        minus = jax.tree.map(lambda x, d: x - h * d, params, v)  # noqa: B023
+        fd = (float(loss_at(plus)) - float(loss_at(minus))) / (2 * h)
+        dots = jax.tree.map(lambda g, d: float(jnp.sum(g * d)), grads, v)
+        analytic = sum(jax.tree.leaves(dots))
+        assert abs(analytic) > 1e-3
+        assert fd == pytest.approx(analytic, rel=2e-2)
+
+
+def test_micro_batch_accumulation_equals_one_batch(tiny):
+    cfg, params = tiny.config, tiny.params
+    ids, pmask, tokens, mask, adv, old, ref_params = loss_inputs(tiny, off_policy=True)
+    n = jnp.float32(mask.sum())
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    whole, *_ = grpo._accumulate_grad(cfg, params, ref_params, zeros(), ids, pmask, tokens, mask,
+                                      adv, old, n, *KW)  # fmt: skip
+    acc = zeros()
+    for s in (slice(0, 2), slice(2, 4)):
+        acc, *_ = grpo._accumulate_grad(cfg, params, ref_params, acc, ids[s], pmask[s], tokens[s],
+                                        mask[s], adv[s], old[s], n, *KW)  # fmt: skip
+    for a, b in zip(jax.tree.leaves(acc), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert any(np.any(np.asarray(a) != 0) for a in jax.tree.leaves(acc))
+
+
+def test_grpo_increases_a_toy_reward(tiny):
+    """Reward: the fraction of even token ids in the completion (about 1/2 at the start)."""
+    cfg = tiny.config
+    task = tasks.get_task("countdown")
+    prompts = trainer.encode(task, task.generate(4, seed=1), tiny.tokenizer)
+    n, width, key = 8, 8, jax.random.key(0)
+    ids, pmask = (np.repeat(x, n, axis=0) for x in prompts)
+    even = np.arange(cfg.vocab_size) % 2 == 0
+    fixed, _ = grpo.rollout(cfg, tiny.params, prompts.ids, prompts.mask, jax.random.key(99),
+                            group_size=n, max_new_tokens=width, ignore_eos=True)  # fmt: skip
+
+    def expected_reward(params):  # exact, on fixed contexts: the mass on even tokens
+        full = np.concatenate([ids, fixed], axis=1)
+        mask = np.concatenate([pmask, np.ones(fixed.shape, bool)], axis=1)
+        logits = models.forward(cfg, params, full, mask)[:, ids.shape[1] - 1 : -1]
+        return float((jax.nn.softmax(logits, axis=-1) * even).sum(-1).mean())
+
+    opt = grpo.make_optimizer(learning_rate=3e-2, weight_decay=0.0)
+    apply_fn = grpo.make_apply_fn(opt)
+    params = jax.tree.map(jnp.copy, tiny.params)
+    opt_state = opt.init(params)
+    expected = [expected_reward(params)]
+    for t in range(5):
+        tokens, _ = grpo.rollout(cfg, params, prompts.ids, prompts.mask, jax.random.fold_in(key, t),
+                                 group_size=n, max_new_tokens=width, ignore_eos=True)  # fmt: skip
+        r = (tokens % 2 == 0).mean(axis=1)  # [P*n]
+        adv = np.asarray(grpo.group_advantages(r.reshape(-1, n))).reshape(-1)
+        batch = grpo.Rollout(ids, pmask, tokens, np.ones(tokens.shape, bool), adv)
+        params, opt_state, m = grpo.update(
+            cfg, params, opt_state, tiny.params, batch, apply_fn=apply_fn, mini_batch_rows=2 * n,
+            micro_batch_size=2 * n, clip_eps=0.2, kl_coef=0.0,
+        )  # fmt: skip
+        assert m["num_updates"] == 2
+        expected.append(expected_reward(params))
+    assert abs(expected[0] - 0.5) < 0.02
+    assert expected[-1] > expected[0] + 0.08, expected
+    assert all(b > a for a, b in zip(expected[1:], expected[2:], strict=False)), expected
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer: configs/grpo_default.py on the tiny model.
+# ---------------------------------------------------------------------------------------
+
+
+def tiny_config(workdir, tiny_dir, **overrides):
+    c = grpo_default.get_config()
+    c.workdir = str(workdir)
+    c.model.name = str(tiny_dir)
+    c.task.max_new_tokens = 6
+    c.grpo.num_steps = 2
+    c.grpo.learning_rate = 1e-3
+    c.eval.interval = 1
+    c.eval.num_examples = 3
+    c.checkpoint.interval = 1
+    c.log.progress = False
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def train(c):
+    return grpo.train(run_cli.grpo_settings_from_config(c), config_dict=c.to_dict())
+
+
+def leaves(params):
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def assert_bitwise(a, b):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_two_step_run_of_grpo_default_through_run_main(tmp_path, tiny_dir, monkeypatch):
+    import types
+
+    workdir = tmp_path / "run"
+    c = tiny_config(workdir, tiny_dir, **{"grpo.learning_rate": 1e-5})  # grpo_default's lr
+    # experiments.run's own dispatch (method="grpo"), in process so jit caches are shared
+    monkeypatch.setattr(run_cli, "_CONFIG", types.SimpleNamespace(value=c))
+    run_cli.main([])
+    run = RunDir(workdir)
+    rows = run.metrics.rows()
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for key in ("loss", "reward_mean", "reward_std", "accuracy", "kl", "clip_fraction",
+                "grad_norm", "time/rollout", "time/update", "eval/accuracy"):  # fmt: skip
+        assert key in rows[2], key
+    assert rows[1]["num_updates"] == 2 and rows[1]["reward_std"] > 0
+    assert rows[2]["drift_norm"] > rows[1]["drift_norm"] > 0
+    assert rows[2]["kl"] > 0 and rows[1]["grad_norm"] > 0
+    assert "eval/accuracy" in rows[0]
+    assert sorted(run.all_steps()) == [1, 2]
+    # the ES run directory reads GRPO checkpoints: the final export equals checkpoint 2
+    theta0 = models.load(tiny_dir).params
+    final, meta = run.restore(2, theta0)
+    assert meta["iteration"] == 2
+    assert_bitwise(models.load(workdir / "final").params, final)
+    assert any(np.any(x != y) for x, y in zip(leaves(final), leaves(theta0), strict=True))
+
+
+def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
+    fast = {"eval.num_examples": 0, "log.tensorboard": False, "export": False}
+    straight = train(tiny_config(tmp_path / "a", tiny_dir, **{**fast, "grpo.num_steps": 2}))
+    train(tiny_config(tmp_path / "b", tiny_dir, **{**fast, "grpo.num_steps": 1}))
+    resumed = train(tiny_config(tmp_path / "b", tiny_dir, **{**fast, "grpo.num_steps": 2}))
+    assert_bitwise(resumed, straight)
+    params = models.load(tiny_dir).params
+    opt = grpo.make_optimizer(learning_rate=1e-3)
+    like = opt.init(params)
+    _, opt_a, _ = grpo.GRPORunDir(tmp_path / "a").restore_state(2, params, like)
+    _, opt_b, _ = grpo.GRPORunDir(tmp_path / "b").restore_state(2, params, like)
+    assert_bitwise(opt_a, opt_b)  # AdamW's moments and count too
+    assert int(jax.tree.leaves(opt_a)[0]) == 4  # 2 steps x 2 mini-batches
+    rows = RunDir(tmp_path / "b").metrics.rows()
+    assert [r["iteration"] for r in rows] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"grpo.group_size": 1}, r"grpo.group_size=1.*at least 2"),
+        ({"grpo.prompts_per_step": 9}, r"grpo.prompts_per_step=9.*task.num_train=8"),
+        ({"grpo.mini_batch_size": 5}, r"grpo.mini_batch_size=5.*at most 4"),
+        ({"grpo.clip_eps": 1.5}, r"grpo.clip_eps=1.5.*\(0, 1\)"),
+        ({"grpo.kl_coef": -1.0}, r"grpo.kl_coef=-1.0.*>= 0"),
+        ({"grpo.learning_rate": 0.0}, r"grpo.learning_rate=0.0.*positive"),
+        ({"grpo.temperature": 0.0}, r"grpo.temperature=0.0.*positive"),
+        ({"task.name": "piqa"}, r"task.name='piqa'.*target task"),
+    ],
+)
+def test_bad_configs_are_refused_before_loading(tmp_path, tiny_dir, monkeypatch, overrides, match):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(models, "load", no_load)
+    with pytest.raises(trainer.ConfigError, match=match):
+        train(tiny_config(tmp_path / "run", tiny_dir, **overrides))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir, monkeypatch):
+    (tmp_path / "run").mkdir()
+    stored = tiny_config(tmp_path / "run", tiny_dir).to_dict()
+    RunDir(tmp_path / "run").write_config(stored)
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(trainer.ConfigError, match=r"grpo.kl_coef=0.001.*grpo.kl_coef=0.01"):
+        train(tiny_config(tmp_path / "run", tiny_dir, **{"grpo.kl_coef": 0.01}))
+    # more steps or another micro-batch size may resume
+    grpo.check_resumable(
+        stored,
+        tiny_config(tmp_path / "run", tiny_dir, **{"grpo.num_steps": 9,
+                                                  "grpo.micro_batch_size": 2}).to_dict(),
+        workdir="run",
+    )  # fmt: skip
+
+
+def test_default_config_targets_smollm2_and_is_valid():
+    c = grpo_default.get_config()
+    s = run_cli.grpo_settings_from_config(c)
+    grpo.check_settings(s)
+    assert c.method == "grpo" and s.model.name == "smollm2-135m-instruct"
+    assert "es" not in c and "awd" not in c  # no keys that GRPO would silently ignore
+
+
+@pytest.mark.parametrize("variant", grpo_paper.variants())
+def test_paper_configs_build_with_paper_settings(variant):
+    s = run_cli.grpo_settings_from_config(grpo_paper.get_config(variant))
+    grpo.check_settings(s)
+    g = s.grpo
+    assert (g.prompts_per_step, g.group_size, g.learning_rate, g.kl_coef) == (200, 30, 1e-6, 1e-3)
+    assert (g.mini_batch_size, g.num_steps, g.temperature) == (32, 500, 1.0)
+    assert (s.task.max_new_tokens, s.task.num_train) == (1024, 200)
+    assert s.model.name == "qwen2.5-3b-instruct" and s.task.name == variant.split("_")[0]
+    with pytest.raises(ValueError, match="not a variant"):
+        grpo_paper.get_config("countdown_qwen7b")
+
+
+@pytest.mark.parametrize("variant", grpo_paper.variants())
+def test_paper_configs_tiny_dry_run(tmp_path, variant):
+    data_dir = os.environ.get("ESAWD_DATA_DIR")
+    if not data_dir:
+        pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
+    c = grpo_paper.get_config(variant)
+    c.workdir = str(tmp_path / "run")
+    c.model.name = str(write_tiny_model(tmp_path / "model", arch="qwen2"))  # q/k/v biases
+    c.model.compute_dtype = "bfloat16"  # the paper's compute dtype, float32 masters
+    c.task.data_dir = data_dir
+    c.task.num_train = 2
+    c.task.max_new_tokens = 3
+    c.grpo.prompts_per_step = 2
+    c.grpo.group_size = 2
+    c.grpo.mini_batch_size = 1
+    c.grpo.num_steps = 1
+    c.eval.num_examples = 2
+    c.log.progress = False
+    c.log.tensorboard = False
+    params = train(c)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    rows = RunDir(c.workdir).metrics.rows()
+    assert rows[-1]["iteration"] == 1 and rows[-1]["num_updates"] == 2
