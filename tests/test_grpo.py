@@ -392,26 +392,31 @@ def test_paper_configs_build_with_paper_settings(variant):
         grpo_paper.get_config("countdown_qwen7b")
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("qwen2") / "model", arch="qwen2")
+
+
 @pytest.mark.parametrize("variant", grpo_paper.variants())
-def test_paper_configs_tiny_dry_run(tmp_path, variant):
+def test_paper_configs_tiny_dry_run(tmp_path, variant, request):
     data_dir = os.environ.get("ESAWD_DATA_DIR")
     if not data_dir:
         pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
     c = grpo_paper.get_config(variant)
     c.workdir = str(tmp_path / "run")
-    c.model.name = str(write_tiny_model(tmp_path / "model", arch="qwen2"))  # q/k/v biases
+    c.model.name = str(request.getfixturevalue("tiny_qwen2_dir"))  # Qwen2 shape: q/k/v biases
     c.model.compute_dtype = "bfloat16"  # the paper's compute dtype, float32 masters
     c.task.data_dir = data_dir
     c.task.num_train = 2
     c.task.max_new_tokens = 3
     c.grpo.prompts_per_step = 2
     c.grpo.group_size = 2
-    c.grpo.mini_batch_size = 1
+    c.grpo.mini_batch_size = 2  # one update: a single compile of the bfloat16 gradient
     c.grpo.num_steps = 1
-    c.eval.num_examples = 2
+    c.eval.num_examples = 1
     c.log.progress = False
     c.log.tensorboard = False
     params = train(c)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     rows = RunDir(c.workdir).metrics.rows()
-    assert rows[-1]["iteration"] == 1 and rows[-1]["num_updates"] == 2
+    assert rows[-1]["iteration"] == 1 and rows[-1]["num_updates"] == 1
