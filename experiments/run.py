@@ -56,11 +56,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     config = _CONFIG.value
-    if config.method not in ("es", "grpo"):
-        raise trainer.ConfigError(
-            f"method={config.method!r} is not implemented; use 'es' or 'grpo'."
-        )
     try:
+        if config.method not in ("es", "grpo"):
+            raise trainer.ConfigError(f"method={config.method!r} is unknown; use 'es' or 'grpo'.")
         if config.method == "grpo":
             grpo.train(grpo_settings_from_config(config), config_dict=config.to_dict())
         else:
