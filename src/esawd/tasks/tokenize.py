@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from esawd.models.tokenizer import chat_ids
+from esawd.sampling import left_pad
 from esawd.tasks.base import Message
 
 
@@ -29,16 +31,7 @@ def prompt_token_ids(messages: Sequence[Message], tokenizer: Any) -> list[int]:
     """Token ids of one conversation; a final assistant message is continued, not closed."""
     if not messages:
         raise ValueError("A prompt needs at least one message.")
-    prefill = messages[-1]["role"] == "assistant"
-    encoded = tokenizer.apply_chat_template(
-        [dict(m) for m in messages],
-        tokenize=True,
-        return_dict=True,
-        add_generation_prompt=not prefill,
-        continue_final_message=prefill,
-    )
-    ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
-    return [int(i) for i in ids]
+    return chat_ids(tokenizer, [dict(m) for m in messages])
 
 
 def encode_prompts(
@@ -62,17 +55,12 @@ def encode_prompts(
             f"Prompt {i} has {longest} tokens, more than max_length={max_length}; raise "
             "max_length or drop the example (prompts are never truncated)."
         )
-    # Bucketed lengths keep the number of distinct jit shapes small.
-    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
             pad_id = getattr(tokenizer, "eos_token_id", None)
         pad_id = 0 if pad_id is None else int(pad_id)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int32)  # [B, T]
-    mask = np.zeros((len(rows), width), dtype=bool)  # [B, T]
-    for b, row in enumerate(rows):
-        if row:
-            ids[b, width - len(row) :] = row
-            mask[b, width - len(row) :] = True
+    # Bucketed lengths keep the number of distinct jit shapes small.
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    ids, mask = left_pad(rows, pad_id=pad_id, length=width)  # [B, T] each
     return PromptBatch(ids=ids, mask=mask)
