@@ -309,3 +309,14 @@ def test_non_finite_parameters_stop_the_run_before_saving(tmp_path, tiny_dir):
         train(c)
     assert trainer.RunDir(c.workdir).all_steps() == []
     assert trainer.RunDir(c.workdir).es_log.rows() == []
+
+
+def test_no_held_out_examples_when_eval_is_off():
+    data_dir = os.environ.get("ESAWD_DATA_DIR")
+    if not data_dir:
+        pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
+    s = trainer.TaskSettings(name="gsm8k", data_dir=data_dir, num_train=5)
+    train_rows, held_out = trainer.load_examples(s, eval_size=0, seed=0)
+    assert len(train_rows) == 5 and held_out == []
+    _, held_out = trainer.load_examples(s, eval_size=7, seed=0)
+    assert len(held_out) == 7

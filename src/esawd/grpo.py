@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from esawd import models, trainer
 from esawd.rundir import RunDir
@@ -488,35 +487,12 @@ class GRPORunDir(RunDir):
 
     def save_state(self, step: int, params: Params, opt_state: Any, meta: dict) -> None:
         """A checkpoint of parameters, optimizer state and `meta`, finished before returning."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        self.save(step, params, meta, extra={"opt_state": opt_state})
 
     def restore_state(self, step: int, params: Params, opt_state: Any) -> tuple[Params, Any, dict]:
         """Parameters, optimizer state (placed like the given ones) and meta at `step`."""
-        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = lambda tree: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(
-                x.shape, x.dtype, sharding=getattr(x, "sharding", default)
-            ),
-            tree,
-        )
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract(params)),
-                opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return out["params"], out["opt_state"], dict(out["meta"])
+        params, meta, extra = self.restore(step, params, extra_like={"opt_state": opt_state})
+        return params, extra["opt_state"], meta
 
 
 # ---------------------------------------------------------------------------------------

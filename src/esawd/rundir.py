@@ -55,6 +55,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def _abstract(tree: Any) -> Any:
+    """Shape/dtype/sharding targets for an Orbax restore (numpy leaves: the first device)."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", default)),
+        tree,
+    )
+
+
 class JsonlLog:
     """An append-only JSONL file whose rows carry an `iteration` field."""
 
@@ -150,33 +159,45 @@ class RunDir:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, iteration: int, params: Params, meta: dict[str, Any]) -> None:
-        """A checkpoint of `params` at `iteration`, finished before returning."""
-        self._manager.save(
-            iteration,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(_jsonable(meta))
-            ),
-            force=True,
-        )
+    def save(
+        self,
+        iteration: int,
+        params: Params,
+        meta: dict[str, Any],
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """A checkpoint of `params` (+ `extra` pytrees, e.g. optimizer state) at `iteration`.
+
+        All items land in one atomic Orbax checkpoint, finished before returning.
+        """
+        items = {
+            "params": ocp.args.StandardSave(params),
+            "meta": ocp.args.JsonSave(_jsonable(meta)),
+        }
+        for name, tree in (extra or {}).items():
+            items[name] = ocp.args.StandardSave(tree)
+        self._manager.save(iteration, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, iteration: int, like: Params) -> tuple[Params, dict[str, Any]]:
-        """Parameters (placed like `like`) and metadata of the checkpoint at `iteration`."""
-        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(
-                x.shape, x.dtype, sharding=getattr(x, "sharding", default)
-            ),
-            like,
-        )
-        out = self._manager.restore(
-            iteration,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return out["params"], dict(out["meta"])
+    def restore(
+        self, iteration: int, like: Params, *, extra_like: dict[str, Any] | None = None
+    ) -> tuple[Params, dict[str, Any]] | tuple[Params, dict[str, Any], dict[str, Any]]:
+        """Parameters (placed like `like`) and metadata of the checkpoint at `iteration`.
+
+        With `extra_like`, also the extra items saved with it, placed like the given trees:
+        returns (params, meta, extra).
+        """
+        items = {
+            "params": ocp.args.StandardRestore(_abstract(like)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        for name, tree in (extra_like or {}).items():
+            items[name] = ocp.args.StandardRestore(_abstract(tree))
+        out = self._manager.restore(iteration, args=ocp.args.Composite(**items))
+        if extra_like is None:
+            return out["params"], dict(out["meta"])
+        return out["params"], dict(out["meta"]), {k: out[k] for k in extra_like}
 
     def close(self) -> None:
         self._manager.close()

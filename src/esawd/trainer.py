@@ -219,7 +219,8 @@ def load_examples(s: TaskSettings, *, eval_size: int, seed: int) -> tuple[list, 
         raise ConfigError(
             f"task.num_train={s.num_train} but {s.name}/{s.train_split} has {len(train)} rows."
         )
-    return train[: s.num_train], tasks.eval_subset(held_out, size=eval_size)
+    held_out = tasks.eval_subset(held_out, size=eval_size) if eval_size else []
+    return train[: s.num_train], held_out
 
 
 def encode(task, examples: Sequence[dict], tokenizer, *, bucket: int = 64):
