@@ -57,4 +57,12 @@ def base() -> ConfigDict:
     c.log.progress = True
 
     c.export = True
+
+    # Several processes (hosts): `enabled` calls jax.distributed.initialize with the values
+    # given here; empty/negative values are auto-detected (SLURM, Open MPI, ...).
+    c.distributed = ConfigDict()
+    c.distributed.enabled = False
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
     return c

@@ -17,7 +17,7 @@ def grpo_base() -> ConfigDict:
     """`base()` with the ES keys replaced by the paper's GRPO settings (verl's defaults else)."""
     c = base()
     c.method = "grpo"
-    del c["es"], c["awd"]
+    del c["es"], c["awd"], c["distributed"]  # GRPO runs on one process
     c.grpo = ConfigDict()
     c.grpo.num_steps = 500
     c.grpo.prompts_per_step = 200  # drawn from task.num_train each step

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app, logging
 from ml_collections import config_flags
 
@@ -56,6 +57,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     config = _CONFIG.value
+    if "distributed" in config and config.distributed.enabled:
+        d = config.distributed
+        jax.distributed.initialize(
+            coordinator_address=d.coordinator_address or None,
+            num_processes=d.num_processes or None,
+            process_id=None if d.process_id < 0 else d.process_id,
+        )
     try:
         if config.method not in ("es", "grpo"):
             raise trainer.ConfigError(f"method={config.method!r} is unknown; use 'es' or 'grpo'.")

@@ -320,3 +320,36 @@ def test_no_held_out_examples_when_eval_is_off():
     assert len(train_rows) == 5 and held_out == []
     _, held_out = trainer.load_examples(s, eval_size=7, seed=0)
     assert len(held_out) == 7
+
+
+def test_two_processes_equal_one(tmp_path, tiny_dir):
+    import socket
+
+    overrides = {"es.population_size": 6, "eval.num_examples": 2}
+    one = train(tiny_config(tmp_path / "one", tiny_dir, **{"es.num_devices": 4, **overrides}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = tmp_path / "two"
+    args = [sys.executable, str(ROOT / "tests" / "trainer_driver.py"),
+            "--config", str(ROOT / "configs" / "default.py"),
+            f"--config.workdir={workdir}", f"--config.model.name={tiny_dir}",
+            "--config.task.num_train=3", "--config.task.max_new_tokens=6",
+            "--config.es.population_size=6", "--config.es.sigma=0.05", "--config.es.alpha=0.02",
+            "--config.es.num_iterations=2", "--config.eval.interval=1",
+            "--config.eval.num_examples=2", "--config.checkpoint.interval=1",
+            "--config.log.progress=False", "--config.distributed.enabled=True",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2"]  # fmt: skip
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    procs = [
+        subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=600)[1].decode()[-3000:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+    assert_bitwise(models.load(workdir / "final").params, one)
+    rows = trainer.RunDir(workdir).metrics.rows()
+    assert [r["iteration"] for r in rows] == [0, 1, 2]  # written once, by process 0
+    assert rows[2]["drift_norm"] > 0

@@ -452,19 +452,51 @@ class HostAnchor:
         return jax.tree_util.tree_unflatten(self.treedef, out)
 
 
+def _local_whole(x: Any) -> Any:
+    """`x` on one local device: this process's copy of replicated data, or gathered."""
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+        return x
+    if x.is_fully_replicated:
+        return x.addressable_data(0)
+    if not x.is_fully_addressable:
+        raise ValueError(
+            f"a multi-process anchor needs replicated parameters; got sharding {x.sharding}."
+        )
+    return jax.device_put(x, SingleDeviceSharding(jax.local_devices()[0]))
+
+
 def host_anchor(params: Params) -> HostAnchor:
-    """Copy theta_0 into host memory (`pinned_host`), split layer by layer."""
+    """Copy theta_0 into host memory (`pinned_host`), split layer by layer.
+
+    One copy per process, in the pinned host memory of its first local device, whatever the
+    parameters' sharding: `es_step` copies each slice to wherever the parameters live.
+    """
+    host = SingleDeviceSharding(jax.local_devices()[0], memory_kind="pinned_host")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     stacked, leaves = [], []
     for path, x in flat:
+        x = _local_whole(x)
         st = is_stacked(path) and np.ndim(x) >= 1
         if st:
-            target = _slice_sharding(_memory_sharding(x, "device")).with_memory_kind("pinned_host")
-            leaves.append([jax.device_put(x[i], target) for i in range(np.shape(x)[0])])
+            leaves.append([jax.device_put(x[i], host) for i in range(np.shape(x)[0])])
         else:
-            leaves.append(jax.device_put(x, _memory_sharding(x, "pinned_host")))
+            leaves.append(jax.device_put(x, host))
         stacked.append(st)
     return HostAnchor(treedef, tuple(stacked), leaves)
+
+
+def _to_device(a: jax.Array, target) -> jax.Array:
+    """Copy a host slice to the device sharding `target`, across processes if need be."""
+    if target.is_fully_addressable:
+        return jax.device_put(a, target)
+    if not target.is_fully_replicated:
+        raise ValueError(f"multi-process parameters must be replicated; got {target}.")
+    # Each process fills its own devices from its own host copy (no cross-host transfer).
+    shards = [
+        jax.device_put(a, SingleDeviceSharding(d, memory_kind="device"))
+        for d in target.addressable_devices
+    ]
+    return jax.make_array_from_single_device_arrays(a.shape, target, shards)
 
 
 def _drift_sq(y: jax.Array, anchor: jax.Array) -> jax.Array:
@@ -535,7 +567,7 @@ def es_step(
     out, squares = [], []
     for x, s, a in zip(leaves, specs, anchor_leaves, strict=True):
         if not s.stacked:
-            a_dev = None if a is None else jax.device_put(a, _memory_sharding(x, "device"))
+            a_dev = None if a is None else _to_device(a, _memory_sharding(x, "device"))
             y, sq = _leaf_step(x, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
             out.append(y)
             squares.append(sq)
@@ -543,19 +575,35 @@ def es_step(
         target = _slice_sharding(x.sharding) if a is not None else None
         for i in range(x.shape[0]):
             # The copy of layer i+1 is dispatched while layer i computes (async dispatch).
-            a_dev = None if a is None else jax.device_put(a[i], target)
+            a_dev = None if a is None else _to_device(a[i], target)
             x, sq = _layer_step(x, i, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
             squares.append(sq)
         out.append(x)
     new = jax.tree_util.tree_unflatten(treedef, out)
     if not with_drift:
         return new
-    return new, math.sqrt(float(np.sum(np.asarray(jax.device_get(squares), np.float64))))
+    if all(sq.is_fully_addressable for sq in squares):
+        values = np.asarray(jax.device_get(squares), np.float64)  # one transfer
+    else:
+        values = np.array([host_value(sq) for sq in squares], np.float64)
+    return new, math.sqrt(float(values.sum()))
 
 
 # ---------------------------------------------------------------------------------------
 # Population evaluation, sharded over the `pop` mesh axis.
 # ---------------------------------------------------------------------------------------
+
+
+def host_value(x: jax.Array) -> Any:
+    """A (possibly multi-process) array as host numpy: replicated values from the local copy,
+    sharded ones gathered from every process."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def fitness_key(seed: jax.Array | int) -> PRNGKey:

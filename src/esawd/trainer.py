@@ -104,6 +104,7 @@ class ConfigError(ValueError):
 
 # Keys a resumed run may change; every other key must match the stored config.json.
 RESUMABLE_CHANGES = (
+    "distributed.",
     "es.num_iterations",
     "es.num_devices",
     "es.members_per_batch",
@@ -288,7 +289,7 @@ def evaluate_members(
     pending = None
 
     def finish(out):
-        tokens, lengths = jax.device_get(out)  # blocks on this group only
+        tokens, lengths = (es.host_value(x) for x in out)  # blocks on this group only
         lead = tokens.shape[:-2]  # [2, g] or [g]
         flat_t = tokens.reshape(-1, *tokens.shape[-2:])
         flat_l = lengths.reshape(-1, lengths.shape[-1])
@@ -407,7 +408,11 @@ class Loggers:
                 project=s.wandb_project, dir=str(run.root), config=config, resume="allow"
             )
 
+    enabled = True  # False on every process but the first of a multi-process run
+
     def write(self, iteration: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self.run.metrics.append({"iteration": iteration, **metrics})
         scalars = {
             k: v
@@ -438,6 +443,18 @@ def _stats(prefix: str, x: np.ndarray) -> dict[str, float]:
     }
 
 
+def local_copy(params: Params) -> Params:
+    """This process's copy of replicated parameters, for work each process does alone."""
+    return jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), params)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 # ---------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------
@@ -460,7 +477,9 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
     train_examples, eval_examples = load_examples(
         s.task, eval_size=s.eval.num_examples, seed=s.es.seed
     )
-    run.write_config(config_dict)
+    primary = jax.process_index() == 0  # the one process that writes logs and exports
+    if primary:
+        run.write_config(config_dict)
 
     # ---- model, prompts, mesh
     model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
@@ -476,8 +495,11 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         return score(task, tokenizer, tokens, lengths, train_examples)
 
     # ---- state: theta_0 from disk into host memory; theta_t from the latest checkpoint
-    if not run.has_anchor():
-        run.save_anchor(model.params)
+    has_anchor = run.has_anchor()
+    _sync("anchor checked")  # every process decides before any starts writing
+    if not has_anchor:
+        run.save_anchor(model.params)  # every process takes part in an Orbax save
+    _sync("anchor written")
     anchor = es.host_anchor(run.restore_anchor_numpy(model.params))
     params = jax.device_put(model.params, replicated)
     del model
@@ -486,20 +508,26 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         params, meta = run.restore(start, params)
         if meta.get("es_seed") != s.es.seed:
             raise ConfigError(f"checkpoint {start} was made with es.seed={meta.get('es_seed')}")
-    run.metrics.truncate_after(start)
-    run.es_log.truncate_after(start)
-    logs = Loggers(run, s.log, config_dict)
+    if primary:
+        run.metrics.truncate_after(start)
+        run.es_log.truncate_after(start)
+    logs = Loggers(run, s.log if primary else LogSettings(tensorboard=False), config_dict)
+    logs.enabled = primary
     n = s.es.population_size
     k = n // 2 if s.es.antithetic else n
     bar = tqdm(
-        total=s.es.num_iterations, initial=start, disable=not s.log.progress, desc="ES", unit="it"
+        total=s.es.num_iterations,
+        initial=start,
+        disable=not (s.log.progress and primary),
+        desc="ES",
+        unit="it",
     )
 
     def evaluate(t: int) -> dict[str, float]:
         t0 = time.perf_counter()
         m = evaluate_params(
             config,
-            params,
+            local_copy(params),
             tokenizer,
             task,
             eval_examples,
@@ -552,18 +580,19 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
                 f"iteration {t}: the update produced non-finite parameters; the last good "
                 f"checkpoint ({run.latest_step()}) is intact."
             )
-        run.es_log.append(
-            {
-                "iteration": t,
-                "seeds": seeds.tolist(),
-                "coeffs": [float(c) for c in coeffs],
-                "alpha": s.es.alpha,
-                "population_size": n,
-                "lam": s.awd.lam,
-                "kind": s.awd.kind,
-                "noise_sharing": s.es.noise_sharing,
-            }
-        )
+        if primary:
+            run.es_log.append(
+                {
+                    "iteration": t,
+                    "seeds": seeds.tolist(),
+                    "coeffs": [float(c) for c in coeffs],
+                    "alpha": s.es.alpha,
+                    "population_size": n,
+                    "lam": s.awd.lam,
+                    "kind": s.awd.kind,
+                    "noise_sharing": s.es.noise_sharing,
+                }
+            )
         metrics = {
             **_stats("reward", member["reward"]),
             "format_reward": float(member["format_reward"].mean()),
@@ -591,8 +620,10 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
     bar.close()
 
     # ---- export
-    if s.export and not (start == s.es.num_iterations and run.final_dir.exists()):
-        models.export(models.Model(config, jax.device_get(params), tokenizer), run.final_dir)
+    if primary and s.export and not (start == s.es.num_iterations and run.final_dir.exists()):
+        host = jax.tree.map(es.host_value, params)
+        models.export(models.Model(config, host, tokenizer), run.final_dir)
+    _sync("exported")
     logs.close()
     run.close()
     return params
