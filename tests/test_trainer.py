@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny_model import write_tiny_model
+from tiny_model import assert_bitwise, leaves, set_keys, write_tiny_model
 from trainer_driver import patch_reward
 
 from configs import default, paper
@@ -49,26 +49,12 @@ def tiny_config(workdir, tiny_dir, **overrides):
     c.eval.num_examples = 3
     c.checkpoint.interval = 1
     c.log.progress = False
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    set_keys(c, overrides)
     return c
 
 
 def train(c):
     return trainer.train(run_cli.settings_from_config(c), config_dict=c.to_dict())
-
-
-def leaves(params):
-    return [np.asarray(x) for x in jax.tree.leaves(params)]
-
-
-def assert_bitwise(a, b):
-    for x, y in zip(leaves(a), leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
 
 
 def test_two_iterations_end_to_end(tmp_path, tiny_dir):

@@ -1,4 +1,7 @@
-"""A tiny random Llama-architecture model with a real (offline-trained) ChatML tokenizer.
+"""Test helpers: a tiny random model with a real (offline-trained) ChatML tokenizer, and
+small utilities the trainer and GRPO tests share.
+
+The tiny model is a Llama-architecture (or Qwen2) decoder with a real ChatML tokenizer.
 
 Used by the trainer tests: a local Hugging Face directory that `esawd.models.load` reads like
 any checkpoint, small enough that a whole ES run takes seconds on a CPU.
@@ -70,3 +73,28 @@ def write_tiny_model(directory: Path, *, arch: str = "llama", seed: int = 0) -> 
     params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)  # peaky logits
     models.export(models.Model(config, params, tokenizer), directory)
     return directory
+
+
+def set_keys(config, overrides: dict) -> None:
+    """Set dotted keys ("es.sigma") of an ml-collections config."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+
+
+def leaves(params) -> list:
+    """The leaves of a parameter pytree as numpy arrays."""
+    import numpy as np
+
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def assert_bitwise(a, b) -> None:
+    """Two parameter pytrees are bitwise equal, leaf by leaf."""
+    import numpy as np
+
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
