@@ -142,17 +142,9 @@ def check_settings(s: Settings) -> None:
             raise bad(key, getattr(g, key), "must lie in [0, 1)")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_resumable(stored: dict[str, Any], current: dict[str, Any], *, workdir: str) -> None:
     """Refuse to resume a GRPO run directory whose config differs in a key that matters."""
-    keep = lambda d: {k: v for k, v in _flat(d).items() if not k.startswith(RESUMABLE_CHANGES)}
-    trainer.check_resumable(keep(stored), keep(current), workdir=workdir)
+    trainer.check_resumable(stored, current, workdir=workdir, resumable=RESUMABLE_CHANGES)
 
 
 # ---------------------------------------------------------------------------------------

@@ -186,11 +186,20 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumable(stored: dict[str, Any], current: dict[str, Any], *, workdir: str) -> None:
-    """Refuse to resume a run directory whose stored config differs in a key that matters."""
+def check_resumable(
+    stored: dict[str, Any],
+    current: dict[str, Any],
+    *,
+    workdir: str,
+    resumable: tuple[str, ...] = RESUMABLE_CHANGES,
+) -> None:
+    """Refuse to resume a run directory whose stored config differs in a key that matters.
+
+    Keys starting with one of `resumable` may change between runs.
+    """
     a, b = _flatten(stored), _flatten(current)
     for key in sorted(set(a) | set(b)):
-        if key.startswith(RESUMABLE_CHANGES) or a.get(key) == b.get(key):
+        if key.startswith(resumable) or a.get(key) == b.get(key):
             continue
         raise ConfigError(
             f"{workdir} holds a run with {key}={a.get(key)!r}, but this config has "
