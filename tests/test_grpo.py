@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import assert_bitwise, leaves, set_keys, write_tiny_model
+import tiny_model
+from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
 from configs import grpo_default, grpo_paper
@@ -256,22 +257,10 @@ def test_grpo_increases_a_toy_reward(tiny):
 
 
 def tiny_config(workdir, tiny_dir, **overrides):
-    c = grpo_default.get_config()
-    c.workdir = str(workdir)
-    c.model.name = str(tiny_dir)
-    c.task.max_new_tokens = 6
-    c.grpo.num_steps = 2
-    c.grpo.learning_rate = 1e-3
-    c.eval.interval = 1
-    c.eval.num_examples = 3
-    c.checkpoint.interval = 1
-    c.log.progress = False
-    set_keys(c, overrides)
-    return c
+    return tiny_model.tiny_config(workdir, tiny_dir, method="grpo", **overrides)
 
 
-def train(c):
-    return grpo.train(run_cli.grpo_settings_from_config(c), config_dict=c.to_dict())
+train = tiny_model.tiny_train
 
 
 def test_two_step_run_of_grpo_default_through_run_main(tmp_path, tiny_dir, monkeypatch):

@@ -10,10 +10,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny_model import assert_bitwise, leaves, set_keys, write_tiny_model
+import tiny_model
+from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
-from configs import default, paper
+from configs import default, paper, small_repro
 from esawd import models, trainer
 from experiments import run as run_cli
 
@@ -36,25 +37,10 @@ def varied_reward(monkeypatch):
 
 
 def tiny_config(workdir, tiny_dir, **overrides):
-    c = default.get_config()
-    c.workdir = str(workdir)
-    c.model.name = str(tiny_dir)
-    c.task.num_train = 3
-    c.task.max_new_tokens = 6
-    c.es.population_size = 4
-    c.es.sigma = 0.05
-    c.es.alpha = 0.02
-    c.es.num_iterations = 2
-    c.eval.interval = 1
-    c.eval.num_examples = 3
-    c.checkpoint.interval = 1
-    c.log.progress = False
-    set_keys(c, overrides)
-    return c
+    return tiny_model.tiny_config(workdir, tiny_dir, **overrides)
 
 
-def train(c):
-    return trainer.train(run_cli.settings_from_config(c), config_dict=c.to_dict())
+train = tiny_model.tiny_train
 
 
 def test_two_iterations_end_to_end(tmp_path, tiny_dir):
@@ -150,6 +136,27 @@ def test_kill_and_resume_in_a_subprocess(tmp_path, tiny_dir):
     assert_bitwise(resumed, straight)
     iterations = [r["iteration"] for r in trainer.RunDir(workdir).metrics.rows()]
     assert iterations == [0, 1, 2, 3, 4, 5]
+
+
+def awd_walk_ratio(decay: float, iterations: int) -> float:
+    """Size of the L2-AWD random walk relative to plain ES's after `iterations` steps."""
+    rho = (1 - decay) ** 2
+    return ((1 - rho**iterations) / (iterations * (1 - rho))) ** 0.5
+
+
+@pytest.mark.parametrize("variant", list(small_repro.VARIANTS))
+def test_small_repro_configs_scale_the_paper_down_as_documented(variant):
+    s = run_cli.settings_from_config(small_repro.get_config(variant))
+    trainer.check_settings(s)
+    assert (s.model.name, s.task.name, s.es.sigma) == ("smollm2-135m-instruct", "proofwriter", 1e-3)
+    # The docstring's claims: ES's walk per weight, alpha*sqrt(T/N), near the paper's ...
+    walk = s.es.alpha * (s.es.num_iterations / s.es.population_size) ** 0.5
+    paper_walk = 5e-4 * (500 / 30) ** 0.5
+    assert abs(walk - paper_walk) / paper_walk < (0.5 if s.es.population_size == 8 else 0.1)
+    # ... and AWD shrinking it about as much as the paper's lam=10 after 500 iterations.
+    if s.awd.kind == "l2":
+        ours = awd_walk_ratio(s.es.alpha * s.awd.lam, s.es.num_iterations)
+        assert round(ours, 2) == 0.42 and round(awd_walk_ratio(5e-4 * 10, 500), 2) == 0.45
 
 
 @pytest.mark.parametrize(

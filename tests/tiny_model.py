@@ -75,6 +75,44 @@ def write_tiny_model(directory: Path, *, arch: str = "llama", seed: int = 0) -> 
     return directory
 
 
+def tiny_config(workdir, model_dir, *, method: str = "es", **overrides):
+    """configs/default.py (or grpo_default.py) sized for the tiny model: runs in seconds.
+
+    Dotted overrides: tiny_config(w, m, **{"es.num_iterations": 4}).
+    """
+    from configs import default, grpo_default
+
+    c = (grpo_default if method == "grpo" else default).get_config()
+    c.workdir = str(workdir)
+    c.model.name = str(model_dir)
+    c.task.max_new_tokens = 6
+    c.eval.interval = 1
+    c.eval.num_examples = 3
+    c.checkpoint.interval = 1
+    c.log.progress = False
+    if method == "grpo":
+        c.grpo.num_steps = 2
+        c.grpo.learning_rate = 1e-3
+    else:
+        c.task.num_train = 3
+        c.es.population_size = 4
+        c.es.sigma = 0.05
+        c.es.alpha = 0.02
+        c.es.num_iterations = 2
+    set_keys(c, overrides)
+    return c
+
+
+def tiny_train(c):
+    """Train the config `c` (ES or GRPO) in this process; returns the final parameters."""
+    from esawd import grpo, trainer
+    from experiments import run as run_cli
+
+    if c.method == "grpo":
+        return grpo.train(run_cli.grpo_settings_from_config(c), config_dict=c.to_dict())
+    return trainer.train(run_cli.settings_from_config(c), config_dict=c.to_dict())
+
+
 def set_keys(config, overrides: dict) -> None:
     """Set dotted keys ("es.sigma") of an ml-collections config."""
     for key, value in overrides.items():

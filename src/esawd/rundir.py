@@ -8,6 +8,8 @@
       checkpoints/<t>/      Orbax checkpoints: parameters + {iteration, es_seed}
       tensorboard/          TensorBoard event files
       final/                the tuned model as a Hugging Face directory (safetensors)
+      forgetting.jsonl, kl.jsonl, weight_drift.jsonl, kl_samples/, evaluate.json
+                            written by `python -m experiments.evaluate` (esawd.eval)
 
 Crash safety. Orbax finalises a checkpoint by renaming its temporary directory, so a
 checkpoint that was being written when the process died is never listed. JSONL rows past the

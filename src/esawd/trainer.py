@@ -362,12 +362,21 @@ def replay(
     *,
     upto: int,
     anchor: es.HostAnchor | None = None,
+    start: tuple[int, Params] | None = None,
 ) -> Params:
-    """theta_t for t = `upto`, rebuilt from theta_0 and the logged seeds and coefficients."""
+    """theta_t for t = `upto`, rebuilt from theta_0 and the logged seeds and coefficients.
+
+    `start=(s, theta_s)` continues from a known theta_s (a checkpoint, or an earlier replay)
+    instead of from theta_0; the anchor is theta_0 either way. The given trees are not changed.
+    """
     anchor = es.host_anchor(theta0) if anchor is None else anchor
-    params = jax.tree.map(jnp.copy, theta0)
-    done = 0
+    done, params = start if start is not None else (0, theta0)
+    if done > upto:
+        raise ValueError(f"cannot replay backwards from iteration {done} to {upto}.")
+    params = jax.tree.map(jnp.copy, params)  # es_step donates its input
     for row in sorted(es_rows, key=lambda r: r["iteration"]):
+        if row["iteration"] <= done:
+            continue
         if row["iteration"] > upto:
             break
         if row["iteration"] != done + 1:

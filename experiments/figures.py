@@ -1,0 +1,39 @@
+"""Draw the paper's figures from run directories (after `python -m experiments.evaluate`).
+
+    python -m experiments.figures --workdirs runs/es_n4 runs/awd_n4 --out figures/
+
+Writes target_vs_prior.png (the paper's Figure 1a), forgetting_curves.png,
+lambda_ablation.png, weight_drift.png, kl_heatmap.png, population_size.png,
+training_reward.png and toy_random_walk.png; figures whose data no run has are skipped with
+the reason. See `esawd.figures` for each plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from esawd import eval as ev  # noqa: E402
+from esawd import figures  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdirs", nargs="+", required=True, help="run directories")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {list(figures.FIGURES)}")
+    p.add_argument("--no_toy", action="store_true", help="skip the toy random-walk figure")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or None
+    try:
+        figures.write_figures(args.workdirs, args.out, names=names, toy=not args.no_toy)
+    except (ev.EvaluationError, ValueError) as e:
+        sys.exit(f"figures: {e}")
+
+
+if __name__ == "__main__":
+    main()
