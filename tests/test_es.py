@@ -411,7 +411,7 @@ def quadratic_fitness(params, key):
 
 
 @pytest.mark.parametrize("antithetic", [False, True])
-@pytest.mark.parametrize("n", [7, 8])
+@pytest.mark.parametrize("n", [4, 7, 8])  # 4: one member per device, no loop around it
 def test_sharded_population_equals_single_device(n, antithetic):
     assert jax.device_count() == 4
     params = make_params()

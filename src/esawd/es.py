@@ -625,6 +625,12 @@ def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, memb
             p = perturb(params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing)
             return jax.tree.map(jnp.asarray, fitness(p, fitness_key(seed)))
 
+        if members_per_batch in (None, 1):
+            if seeds.shape[0] == 1:  # one member per device: no loop around the fitness
+                return jax.tree.map(lambda x: x[None], member((seeds[0], signs[0])))
+            # A plain sequential map. lax.map(batch_size=1) would vmap the fitness over a
+            # size-1 axis, which turns a generation loop's carry into per-step selects/copies.
+            return lax.map(member, (seeds, signs))
         return lax.map(member, (seeds, signs), batch_size=members_per_batch)
 
     sharded = jax.shard_map(
