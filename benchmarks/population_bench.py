@@ -12,6 +12,8 @@ length), all after a compiling call:
                (what the trainer runs with es.members_per_batch=1)
 - vmapK:       `es.evaluate_population(members_per_batch=K)`: K members vmapped, each with its
                own perturbed weights, so one batch holds K x prompts rows
+- map_b1:      `lax.map(perturb + generate, seeds, batch_size=1)`: what evaluate_population ran
+               for members_per_batch=1 before 2026-11-28 (a size-1 vmap around generation)
 
 With full-rank noise each member has its own weights, so vmapping members does not raise
 arithmetic intensity (the prompt batch does); this measures what it costs or saves. The last
@@ -69,9 +71,16 @@ def main() -> None:
     def direct_member(params, seed):
         return gen(es.perturb(params, seed, sigma=1e-3), None)
 
+    @jax.jit
+    def map_b1(params, seeds):
+        member = lambda s: gen(es.perturb(params, s, sigma=1e-3), None)  # noqa: E731
+        return jax.lax.map(member, seeds, batch_size=1)
+
     def run(layout):
         if layout == "direct":
             return [direct_member(params, jnp.uint32(s)) for s in seeds]
+        if layout == "map_b1":
+            return map_b1(params, jnp.asarray(seeds, jnp.uint32))
         k = 1 if layout == "sequential" else int(layout.removeprefix("vmap"))
         return es.evaluate_population(
             gen, params, seeds, sigma=1e-3, mesh=mesh, members_per_batch=k

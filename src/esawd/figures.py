@@ -118,6 +118,14 @@ def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+def _ordered_union(lists: Sequence[Sequence[str]]) -> list[str]:
+    """Every name of the lists, once, in order of first appearance."""
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
+
+
 def _nice(task: str) -> str:
     return {"arc_challenge": "ARC-Challenge", "mmlu_pro": "MMLU-Pro", "gsm8k": "GSM8K"}.get(
         task, task.capitalize().replace("Piqa", "PIQA").replace("Proofwriter", "ProofWriter")
@@ -158,9 +166,7 @@ def plot_target_vs_prior(runs: Sequence[Run]) -> plt.Figure:
 
 def plot_forgetting_curves(runs: Sequence[Run]) -> plt.Figure:
     """Accuracy of every evaluated task over iterations, one panel per task, a line per run."""
-    names: list[str] = []
-    for r in runs:
-        names += [t for t in r.tasks if t not in names]
+    names = _ordered_union([r.tasks for r in runs])
     targets = {r.target for r in runs}
     cols = min(len(names), 3)
     rows = math.ceil(len(names) / cols)
@@ -247,9 +253,7 @@ def plot_weight_drift(runs: Sequence[Run]) -> plt.Figure:
 
 def plot_kl_heatmap(runs: Sequence[Run]) -> plt.Figure:
     """KL(base || tuned) per run and task at each run's last evaluated iteration."""
-    names: list[str] = []
-    for r in runs:
-        names += [t for t in sorted({x["task"] for x in r.kl}) if t not in names]
+    names = _ordered_union([sorted({x["task"] for x in r.kl}) for r in runs])
     with_kl = [r for r in runs if r.kl]
     grid = np.full((len(with_kl), len(names)), np.nan)
     for i, run in enumerate(with_kl):
@@ -344,9 +348,7 @@ def plot_toy_random_walk(
 def results_table(runs: Sequence[Run]) -> str:
     """A Markdown table: per run, accuracy of each task and mean prior accuracy at the first
     and last evaluated iteration, the final KL per task and the final relative drift."""
-    names: list[str] = []
-    for r in runs:
-        names += [t for t in r.tasks if t not in names]
+    names = _ordered_union([r.tasks for r in runs])
     head = ["run", "iterations", *[_nice(t) for t in names], "mean prior", "KL (final)", "drift"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
