@@ -569,6 +569,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         logs.write(0, {**evaluate(), "drift_norm": 0.0})
 
     # ---- the loop
+    checkpoint_seconds = None
     for t in range(start + 1, g.num_steps + 1):
         t_step = time.perf_counter()
         idx = step_prompts(len(train_examples), prompts_per_step=g.prompts_per_step,
@@ -622,12 +623,16 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
             (s.eval.interval and t % s.eval.interval == 0) or t == g.num_steps
         ):
             metrics.update(evaluate())
+        metrics["time/iteration"] = time.perf_counter() - t_step
+        if checkpoint_seconds is not None:  # the checkpoint saved after the previous row
+            metrics["time/last_checkpoint"], checkpoint_seconds = checkpoint_seconds, None
+        # The row goes first: a crash after it but before the checkpoint resumes from the
+        # previous checkpoint and writes this row again; one after the checkpoint has it.
+        logs.write(t, metrics)
         if t % s.checkpoint_interval == 0 or t == g.num_steps:
             t0 = time.perf_counter()
             run.save_state(t, params, opt_state, {"iteration": t, "grpo_seed": g.seed})
-            metrics["time/checkpoint"] = time.perf_counter() - t0
-        metrics["time/iteration"] = time.perf_counter() - t_step
-        logs.write(t, metrics)
+            checkpoint_seconds = time.perf_counter() - t0
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}")
         bar.update(1)
     bar.close()

@@ -558,6 +558,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         logs.write(0, {**evaluate(0), "drift_norm": 0.0})
 
     # ---- the loop
+    checkpoint_seconds = None
     for t in range(start + 1, s.es.num_iterations + 1):
         t_iter = time.perf_counter()
         seeds = np.asarray(es.iteration_seeds(base_seed=s.es.seed, iteration=t, population_size=k))
@@ -627,12 +628,16 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
             (s.eval.interval and t % s.eval.interval == 0) or t == s.es.num_iterations
         ):
             metrics.update(evaluate(t))
+        metrics["time/iteration"] = time.perf_counter() - t_iter
+        if checkpoint_seconds is not None:  # the checkpoint saved after the previous row
+            metrics["time/last_checkpoint"], checkpoint_seconds = checkpoint_seconds, None
+        # The row goes first: a crash after it but before the checkpoint resumes from the
+        # previous checkpoint and writes this row again; one after the checkpoint has it.
+        logs.write(t, metrics)
         if t % s.checkpoint_interval == 0 or t == s.es.num_iterations:
             t0 = time.perf_counter()
             run.save(t, params, {"iteration": t, "es_seed": s.es.seed})
-            metrics["time/checkpoint"] = time.perf_counter() - t0
-        metrics["time/iteration"] = time.perf_counter() - t_iter
-        logs.write(t, metrics)
+            checkpoint_seconds = time.perf_counter() - t0
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.2f}")
         bar.update(1)
     bar.close()
