@@ -111,14 +111,7 @@ def test_sharded_over_four_devices_equals_one(tmp_path, tiny_dir):
 def test_kill_and_resume_in_a_subprocess(tmp_path, tiny_dir):
     straight = train(tiny_config(tmp_path / "a", tiny_dir, **{"es.num_iterations": 5}))
     workdir = tmp_path / "killed"
-    args = [sys.executable, str(ROOT / "tests" / "trainer_driver.py"),
-            "--config", str(ROOT / "configs" / "default.py"),
-            f"--config.workdir={workdir}", f"--config.model.name={tiny_dir}",
-            "--config.task.num_train=3", "--config.task.max_new_tokens=6",
-            "--config.es.population_size=4", "--config.es.sigma=0.05", "--config.es.alpha=0.02",
-            "--config.es.num_iterations=5", "--config.eval.interval=1",
-            "--config.eval.num_examples=3", "--config.checkpoint.interval=1",
-            "--config.log.progress=False"]  # fmt: skip
+    args = tiny_model.tiny_command(workdir, tiny_dir, **{"es.num_iterations": 5})
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
@@ -324,16 +317,12 @@ def test_two_processes_equal_one(tmp_path, tiny_dir):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     workdir = tmp_path / "two"
-    args = [sys.executable, str(ROOT / "tests" / "trainer_driver.py"),
-            "--config", str(ROOT / "configs" / "default.py"),
-            f"--config.workdir={workdir}", f"--config.model.name={tiny_dir}",
-            "--config.task.num_train=3", "--config.task.max_new_tokens=6",
-            "--config.es.population_size=6", "--config.es.sigma=0.05", "--config.es.alpha=0.02",
-            "--config.es.num_iterations=2", "--config.eval.interval=1",
-            "--config.eval.num_examples=2", "--config.checkpoint.interval=1",
-            "--config.log.progress=False", "--config.distributed.enabled=True",
-            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-            "--config.distributed.num_processes=2"]  # fmt: skip
+    distributed = {
+        "distributed.enabled": True,
+        "distributed.coordinator_address": f"127.0.0.1:{port}",
+        "distributed.num_processes": 2,
+    }
+    args = tiny_model.tiny_command(workdir, tiny_dir, **overrides, **distributed)
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
     procs = [
         subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,

@@ -103,6 +103,30 @@ def tiny_config(workdir, model_dir, *, method: str = "es", **overrides):
     return c
 
 
+def tiny_command(workdir, model_dir, **overrides) -> list[str]:
+    """The command line that runs tiny_config(workdir, model_dir, **overrides) in a subprocess
+    (tests/trainer_driver.py with the test reward): one flag per key that differs from
+    configs/default.py."""
+    import sys
+
+    from configs import default
+
+    root = Path(__file__).resolve().parents[1]
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    base = dict(flat(default.get_config().to_dict()))
+    wanted = flat(tiny_config(workdir, model_dir, **overrides).to_dict())
+    flags = [f"--config.{k}={v}" for k, v in wanted if base.get(k) != v]
+    return [sys.executable, str(root / "tests" / "trainer_driver.py"),
+            "--config", str(root / "configs" / "default.py"), *flags]  # fmt: skip
+
+
 def tiny_train(c):
     """Train the config `c` (ES or GRPO) in this process; returns the final parameters."""
     from esawd import grpo, trainer
