@@ -523,6 +523,24 @@ def _layer_step(x, layer, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind
     return lax.dynamic_update_index_in_dim(x, y, layer, 0), sq
 
 
+def _cpu_replicas(params: Params) -> jax.sharding.Sharding | None:
+    """The sharding of `params` when they are replicated over several CPU devices of this
+    process (`jax_num_cpu_devices`, the trainer's distributed.cpu_devices), else None."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or not all(isinstance(x, jax.Array) for x in leaves):
+        return None
+    sharding = leaves[0].sharding
+    devices = sharding.device_set
+    if (
+        len(devices) < 2
+        or any(d.platform != "cpu" for d in devices)
+        or not sharding.is_fully_addressable
+        or not all(x.sharding == sharding and x.is_fully_replicated for x in leaves)
+    ):
+        return None
+    return sharding
+
+
 def es_step(
     params: Params,
     anchor: HostAnchor | None,
@@ -545,6 +563,20 @@ def es_step(
     """
     seeds, coeffs = _check_update_args(seeds, coeffs, alpha, population_size)
     check_awd(alpha=alpha, lam=lam, kind=kind)
+    shared = _cpu_replicas(params)
+    if shared is not None:
+        # One CPU split into devices: replicas would share its cores and only repeat the same
+        # work, so the step runs once, on the first device, and is copied to the others.
+        first = SingleDeviceSharding(min(shared.device_set, key=lambda d: d.id))
+        one = jax.device_put(params, first)
+        del params  # donated, as below
+        out = es_step(
+            one, anchor, seeds, coeffs, alpha=alpha, population_size=population_size, lam=lam,
+            kind=kind, noise_sharing=noise_sharing, with_drift=with_drift,
+        )  # fmt: skip
+        new, drift = out if with_drift else (out, None)
+        new = jax.device_put(new, shared)
+        return (new, drift) if with_drift else new
     if lam == 0:
         kind = "none"
     needs_anchor = kind != "none" or with_drift
