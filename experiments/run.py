@@ -53,10 +53,30 @@ def grpo_settings_from_config(c) -> grpo.Settings:
     )
 
 
+def set_cpu_devices(n: int) -> None:
+    """Split the CPU backend into n JAX devices (n=0 keeps JAX's default); call before any
+    JAX computation, since the backend reads the setting once, when it starts."""
+    if n < 0:
+        raise trainer.ConfigError(f"distributed.cpu_devices={n} is invalid: 0 (default) or more.")
+    if not n:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as e:  # the backend is already running
+        raise trainer.ConfigError(
+            f"distributed.cpu_devices={n} came too late: JAX's backends are already running. "
+            "Set it before the first JAX computation (or set JAX_NUM_CPU_DEVICES instead)."
+        ) from e
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     config = _CONFIG.value
+    try:
+        set_cpu_devices(config.get("distributed", {}).get("cpu_devices", 0))
+    except trainer.ConfigError as e:
+        sys.exit(f"config error: {e}")
     if "distributed" in config and config.distributed.enabled:
         d = config.distributed
         jax.distributed.initialize(

@@ -111,8 +111,10 @@ def test_sharded_over_four_devices_equals_one(tmp_path, tiny_dir):
 def test_kill_and_resume_in_a_subprocess(tmp_path, tiny_dir):
     straight = train(tiny_config(tmp_path / "a", tiny_dir, **{"es.num_iterations": 5}))
     workdir = tmp_path / "killed"
-    args = tiny_model.tiny_command(workdir, tiny_dir, **{"es.num_iterations": 5})
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4"}
+    # distributed.cpu_devices gives the subprocess the 4 devices es.num_devices asks for
+    four = {"es.num_iterations": 5, "es.num_devices": 4, "distributed.cpu_devices": 4}
+    args = tiny_model.tiny_command(workdir, tiny_dir, **four)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 300
@@ -204,6 +206,16 @@ def test_misspelled_key_suggests_the_right_one():
     )  # fmt: skip
     assert out.returncode != 0
     assert 'Did you mean "sigma"' in out.stderr
+
+
+def test_cpu_devices_errors_name_the_key_and_the_fix():
+    jax.devices()  # this process's backend is running (4 devices, from conftest)
+    with pytest.raises(trainer.ConfigError, match=r"cpu_devices=2 came too late.*JAX_NUM_CPU"):
+        run_cli.set_cpu_devices(2)
+    with pytest.raises(trainer.ConfigError, match=r"cpu_devices=-1 is invalid"):
+        run_cli.set_cpu_devices(-1)
+    run_cli.set_cpu_devices(0)  # the default leaves JAX alone
+    assert jax.device_count() == 4
 
 
 def test_command_line_overrides_reach_the_settings():
@@ -311,8 +323,8 @@ def test_no_held_out_examples_when_eval_is_off():
 def test_two_processes_equal_one(tmp_path, tiny_dir):
     import socket
 
-    overrides = {"es.population_size": 6, "eval.num_examples": 2}
-    one = train(tiny_config(tmp_path / "one", tiny_dir, **{"es.num_devices": 4, **overrides}))
+    overrides = {"es.population_size": 6, "eval.num_examples": 2, "es.num_devices": 4}
+    one = train(tiny_config(tmp_path / "one", tiny_dir, **overrides))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -322,8 +334,10 @@ def test_two_processes_equal_one(tmp_path, tiny_dir):
         "distributed.coordinator_address": f"127.0.0.1:{port}",
         "distributed.num_processes": 2,
     }
-    args = tiny_model.tiny_command(workdir, tiny_dir, **overrides, **distributed)
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    # 2 processes x distributed.cpu_devices=2 make the 4 devices es.num_devices asks for
+    args = tiny_model.tiny_command(workdir, tiny_dir, **overrides, **distributed,
+                                   **{"distributed.cpu_devices": 2})  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     procs = [
         subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
