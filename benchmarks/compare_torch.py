@@ -1,6 +1,7 @@
 """One ES + AWD iteration the PyTorch reference's way vs esawd's, side by side in one run.
 
     python benchmarks/compare_torch.py [--population 8] [--prompts 32] [--new-tokens 128]
+                                       [--cpu-devices 2]
 
 Both sides: SmolLM2-135M-Instruct in float32, N members, Countdown prompts, greedy decoding
 of a fixed number of new tokens (EOS ignored), the Countdown reward on the decoded text,
@@ -12,7 +13,9 @@ z-scored rewards, the ES update and L2 anchored decay (lam = 10).
   tensor for the update, then apply the decay towards a copy of theta_0.
 - esawd: the trainer's population evaluation (each member's parameters computed on the
   device, generation with a static KV cache, host scoring overlapped) and the fused
-  `es.es_step` with theta_0 streamed from pinned host memory.
+  `es.es_step` with theta_0 streamed from pinned host memory. As the trainer does with
+  `distributed.cpu_devices`, the CPU is split into --cpu-devices JAX devices (default 2, one
+  per core here) so that members generate concurrently; --cpu-devices 1 is one device.
 
 Also prints the iteration's FLOP lower bound: the generation FLOPs of all members (prompt
 tokens x forward FLOPs + generated tokens x decode FLOPs, attention included) divided by this
@@ -79,7 +82,9 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--cpu-devices", type=int, default=2)
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any JAX computation
 
     import torch
     import transformers
@@ -116,7 +121,8 @@ def main() -> None:
     del ref, anchor
 
     # ---- esawd
-    mesh = es.population_mesh(jax.devices()[:1])
+    mesh = es.population_mesh(jax.devices())
+    print(f"esawd on {len(jax.devices())} {jax.default_backend()} device(s)")
     params = jax.device_put(model.params)
     host = es.host_anchor(params)
     generate_fn = trainer.make_generate_fn(
@@ -154,6 +160,7 @@ def main() -> None:
           f"esawd / lower bound: {esawd_s / bound:.2f}x (goal <= 1.5x)")  # fmt: skip
     print(json.dumps({
         "population": args.population, "prompts": args.prompts, "new_tokens": args.new_tokens,
+        "devices": len(jax.devices()), "prompt_width": int(ids.shape[1]),
         "prompt_tokens_mean": float(mask.sum(axis=1).mean()),
         "torch_seconds": torch_s, "esawd_seconds": esawd_s, "esawd_first_seconds": compile_s,
         "speedup": torch_s / esawd_s, "lower_bound_seconds": bound,

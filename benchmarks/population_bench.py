@@ -2,6 +2,7 @@
 
     python benchmarks/population_bench.py [--population 4] [--prompts 16] [--new-tokens 64]
         [--layouts direct,sequential,vmap2] [--data-dir DIR]
+    python benchmarks/population_bench.py --cpu-devices 2 --layouts sequential,spread
 
 Every layout evaluates the same N perturbed members on the same prompts (greedy, fixed
 length), all after a compiling call:
@@ -14,6 +15,10 @@ length), all after a compiling call:
                own perturbed weights, so one batch holds K x prompts rows
 - map_b1:      `lax.map(perturb + generate, seeds, batch_size=1)`: what evaluate_population ran
                for members_per_batch=1 before 2026-11-28 (a size-1 vmap around generation)
+- spread:      `es.evaluate_population` over a mesh of every device, one member per device at
+               a time; with --cpu-devices K the CPU is split into K JAX devices (the trainer's
+               distributed.cpu_devices), so K members generate concurrently. All other
+               layouts run on the first device alone, which still uses every core.
 
 With full-rank noise each member has its own weights, so vmapping members does not raise
 arithmetic intensity (the prompt batch does); this measures what it costs or saves. The last
@@ -47,7 +52,9 @@ def main() -> None:
     p.add_argument("--task", default="countdown")
     p.add_argument("--data-dir", default="", help="folder with <task>/ (else procedural)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--cpu-devices", type=int, default=1, help="JAX CPU devices (for spread)")
     args = p.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any JAX computation
 
     task = tasks.get_task(args.task)
     if args.data_dir:
@@ -63,6 +70,7 @@ def main() -> None:
     params = jax.device_put(
         model.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     )
+    all_devices = es.population_mesh(jax.devices())
     seeds = np.asarray(
         es.iteration_seeds(base_seed=0, iteration=1, population_size=args.population)
     )
@@ -81,15 +89,21 @@ def main() -> None:
             return [direct_member(params, jnp.uint32(s)) for s in seeds]
         if layout == "map_b1":
             return map_b1(params, jnp.asarray(seeds, jnp.uint32))
+        if layout == "spread":
+            return es.evaluate_population(
+                gen, params, seeds, sigma=1e-3, mesh=all_devices, members_per_batch=1
+            )
         k = 1 if layout == "sequential" else int(layout.removeprefix("vmap"))
         return es.evaluate_population(
             gen, params, seeds, sigma=1e-3, mesh=mesh, members_per_batch=k
         )
 
     layouts = args.layouts.split(",")
+    width = int(prompts.mask.sum(axis=1).max())  # make_generate_fn pads to the longest prompt
     print(
-        f"N={args.population}, {args.prompts} {args.task} prompts (width {prompts.ids.shape[1]})"
-        f" x {args.new_tokens} new tokens, fixed length; layouts {layouts}; load {loadavg()}",
+        f"N={args.population}, {args.prompts} {args.task} prompts (width {width})"
+        f" x {args.new_tokens} new tokens, fixed length; layouts {layouts}; "
+        f"{len(jax.devices())} {jax.default_backend()} device(s); load {loadavg()}",
         flush=True,
     )
     tokens = {}
@@ -116,6 +130,7 @@ def main() -> None:
         )
     print(f"load at the end {loadavg()}")
     print(json.dumps({"seconds": best, "population": args.population, "prompts": args.prompts,
+                      "devices": len(jax.devices()), "prompt_width": width,
                       "new_tokens": args.new_tokens, "load_end": loadavg()}))  # fmt: skip
 
 
