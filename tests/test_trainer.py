@@ -15,7 +15,7 @@ from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
 from configs import default, paper, small_repro
-from esawd import models, trainer
+from esawd import es, models, trainer
 from experiments import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,6 +206,64 @@ def test_misspelled_key_suggests_the_right_one():
     )  # fmt: skip
     assert out.returncode != 0
     assert 'Did you mean "sigma"' in out.stderr
+
+
+class _FakeGPU:
+    def __init__(self, limit):
+        self.limit = limit
+
+    def memory_stats(self):
+        return {"bytes_limit": self.limit, "bytes_in_use": 123}
+
+
+def test_members_per_batch_from_device_memory():
+    gib = 2**30
+    pick = trainer.members_per_batch_for
+    # 0.8 x 10 GiB - 1 GiB reserved = 7 GiB: seven 1-GiB members, capped by the members there
+    assert pick(_FakeGPU(10 * gib), member_bytes=gib, members=30, reserved_bytes=gib) == 7
+    assert pick(_FakeGPU(10 * gib), member_bytes=gib, members=4, reserved_bytes=gib) == 4
+    assert pick(_FakeGPU(gib), member_bytes=2 * gib, members=30) == 1  # never below one
+    assert pick(jax.devices()[0], member_bytes=1, members=30) == 1  # the CPU reports no limit
+    c = models.PRESETS["qwen2.5-3b-instruct"][1]
+    small = trainer.member_bytes(c, batch=200, width=256, max_new_tokens=512)
+    longer = trainer.member_bytes(c, batch=200, width=256, max_new_tokens=1024)
+    # 512 more slots: the KV cache (bf16/f32 per the config) and the float32 prefill scores
+    per_slot = 2 * c.n_layers * 200 * c.n_kv_heads * c.head_dim * np.dtype(c.dtype).itemsize
+    per_slot += 200 * c.n_heads * 256 * 4 * 2
+    assert longer - small == 512 * per_slot
+    assert small > 4 * c.num_params()  # at least the perturbed float32 weights
+
+
+def test_members_per_batch_zero_trains_like_one_on_cpu(tmp_path, tiny_dir):
+    one = train(tiny_config(tmp_path / "one", tiny_dir, **{"es.members_per_batch": 1}))
+    auto = train(tiny_config(tmp_path / "auto", tiny_dir, **{"es.members_per_batch": 0}))
+    assert_bitwise(auto, one)
+    with pytest.raises(trainer.ConfigError, match="members_per_batch=-1 is invalid"):
+        train(tiny_config(tmp_path / "bad", tiny_dir, **{"es.members_per_batch": -1}))
+
+
+def test_no_iteration_after_the_first_compiles(tmp_path, tiny_dir, monkeypatch):
+    from jax._src import dispatch
+
+    log = []
+    z = es.normalize_rewards  # called once per iteration, between population and update
+    monkeypatch.setattr(
+        es, "normalize_rewards", lambda *a, **k: (log.append("step"), z(*a, **k))[1]
+    )
+
+    def on_compile(event, duration, **kwargs):
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            log.append("compile")
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        train(tiny_config(tmp_path / "run", tiny_dir, **{"es.num_iterations": 4}))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+    first = log.index("step")
+    assert log.count("step") == 4 and "compile" in log[:first]  # the listener does listen
+    later = log[log.index("step", first + 1) :]  # from iteration 2's rewards on
+    assert "compile" not in later, f"compiled again after iteration 2: {log}"
 
 
 def test_cpu_devices_errors_name_the_key_and_the_fix():

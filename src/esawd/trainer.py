@@ -59,7 +59,7 @@ class ESSettings:
     num_iterations: int = 500
     seed: int = 0
     noise_sharing: str = "none"
-    members_per_batch: int = 1  # members vmapped together on one device
+    members_per_batch: int = 1  # members vmapped together on one device (0: from its memory)
     num_devices: int = 0  # devices on the `pop` mesh axis (0: every device of every process)
 
 
@@ -162,8 +162,8 @@ def check_settings(s: Settings) -> None:
             raise bad(key, value, "must be a positive finite number")
     if s.es.noise_sharing not in es.NOISE_SHARING:
         raise bad("es.noise_sharing", s.es.noise_sharing, f"one of {es.NOISE_SHARING}")
-    if s.es.members_per_batch < 1:
-        raise bad("es.members_per_batch", s.es.members_per_batch, "must be >= 1")
+    if s.es.members_per_batch < 0:
+        raise bad("es.members_per_batch", s.es.members_per_batch, "0 (from memory) or >= 1")
     if not 0 <= s.es.num_devices <= jax.device_count():
         raise bad("es.num_devices", s.es.num_devices, f"0 (all) to {jax.device_count()}")
     try:
@@ -255,6 +255,38 @@ def score(task, tokenizer, tokens: np.ndarray, lengths: np.ndarray, examples) ->
 # ---------------------------------------------------------------------------------------
 # Population evaluation: generation on device, scoring on the host, overlapped.
 # ---------------------------------------------------------------------------------------
+
+
+def member_bytes(config, *, batch: int, width: int, max_new_tokens: int) -> int:
+    """An estimate of the device memory one population member's generation needs: its
+    perturbed float32 parameters and their compute-dtype and decode-layout copies, the KV
+    cache, the prefill's largest activations (the MLP's and the attention scores over the
+    cache) and the logits."""
+    c = config
+    item = np.dtype(c.dtype).itemsize
+    slots = width + max_new_tokens
+    params = c.num_params() * (4 + 2 * item)
+    cache = 2 * c.n_layers * batch * c.n_kv_heads * c.head_dim * slots * item
+    prefill = batch * width * (2 * c.d_ff + 4 * c.d_model) * item
+    scores = batch * c.n_heads * width * slots * 4 * 2  # scores and probabilities, float32
+    logits = batch * c.vocab_size * 4 * 2
+    return int(params + cache + prefill + scores + logits)
+
+
+def members_per_batch_for(
+    device, *, member_bytes: int, members: int, reserved_bytes: int = 0, headroom: float = 0.8
+) -> int:
+    """How many members to vmap together on `device` (es.members_per_batch=0): as many of its
+    `members` as fit, at `member_bytes` each, in `headroom` of its memory limit less
+    `reserved_bytes` (what the trainer keeps there anyway). The limit, not the memory free at
+    the moment, so that every process of a multi-host run picks the same number. A device that
+    reports no limit (the CPU) gets 1: vmapping members measured no faster there
+    (docs/benchmarks.md), since each member brings its own weights."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or not stats.get("bytes_limit"):
+        return 1
+    free = headroom * stats["bytes_limit"] - reserved_bytes
+    return max(1, min(members, int(free) // max(1, member_bytes)))
 
 
 def make_generate_fn(
@@ -514,6 +546,16 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
     generate_fn = make_generate_fn(
         config, prompts.ids, prompts.mask, max_new_tokens=s.task.max_new_tokens
     )
+    per_batch = s.es.members_per_batch
+    if not per_batch:  # from the memory of the first device on the mesh
+        width = int(np.asarray(prompts.mask).sum(axis=1).max())
+        need = member_bytes(config, batch=len(train_examples), width=width,
+                            max_new_tokens=s.task.max_new_tokens)  # fmt: skip
+        per_batch = members_per_batch_for(
+            jax.local_devices()[0], member_bytes=need,
+            members=-(-s.es.population_size // mesh.size),
+            reserved_bytes=3 * 4 * config.num_params(),  # theta_t, its update, an anchor slice
+        )  # fmt: skip
 
     def score_fn(tokens, lengths):
         return score(task, tokenizer, tokens, lengths, train_examples)
@@ -576,7 +618,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
             sigma=s.es.sigma,
             antithetic=s.es.antithetic,
             mesh=mesh,
-            members_per_batch=s.es.members_per_batch,
+            members_per_batch=per_batch,
             noise_sharing=s.es.noise_sharing,
         )
         t_pop = time.perf_counter()
