@@ -75,16 +75,13 @@ def main(argv):
     config = _CONFIG.value
     try:
         set_cpu_devices(config.get("distributed", {}).get("cpu_devices", 0))
-    except trainer.ConfigError as e:
-        sys.exit(f"config error: {e}")
-    if "distributed" in config and config.distributed.enabled:
-        d = config.distributed
-        jax.distributed.initialize(
-            coordinator_address=d.coordinator_address or None,
-            num_processes=d.num_processes or None,
-            process_id=None if d.process_id < 0 else d.process_id,
-        )
-    try:
+        if "distributed" in config and config.distributed.enabled:
+            d = config.distributed
+            jax.distributed.initialize(
+                coordinator_address=d.coordinator_address or None,
+                num_processes=d.num_processes or None,
+                process_id=None if d.process_id < 0 else d.process_id,
+            )
         if config.method not in ("es", "grpo"):
             raise trainer.ConfigError(f"method={config.method!r} is unknown; use 'es' or 'grpo'.")
         if config.method == "grpo":

@@ -574,9 +574,9 @@ def es_step(
             one, anchor, seeds, coeffs, alpha=alpha, population_size=population_size, lam=lam,
             kind=kind, noise_sharing=noise_sharing, with_drift=with_drift,
         )  # fmt: skip
-        new, drift = out if with_drift else (out, None)
-        new = jax.device_put(new, shared)
-        return (new, drift) if with_drift else new
+        if with_drift:
+            return jax.device_put(out[0], shared), out[1]
+        return jax.device_put(out, shared)
     if lam == 0:
         kind = "none"
     needs_anchor = kind != "none" or with_drift

@@ -282,7 +282,7 @@ def members_per_batch_for(
     the moment, so that every process of a multi-host run picks the same number. A device that
     reports no limit (the CPU) gets 1: vmapping members measured no faster there
     (docs/benchmarks.md), since each member brings its own weights."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    stats = device.memory_stats()
     if not stats or not stats.get("bytes_limit"):
         return 1
     free = headroom * stats["bytes_limit"] - reserved_bytes
@@ -547,7 +547,7 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         config, prompts.ids, prompts.mask, max_new_tokens=s.task.max_new_tokens
     )
     per_batch = s.es.members_per_batch
-    if not per_batch:  # from the memory of the first device on the mesh
+    if not per_batch:  # from the memory of this process's first device
         width = int(np.asarray(prompts.mask).sum(axis=1).max())
         need = member_bytes(config, batch=len(train_examples), width=width,
                             max_new_tokens=s.task.max_new_tokens)  # fmt: skip
