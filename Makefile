@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ESAWD_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export ESAWD_DATA_DIR
 
-.PHONY: run test lint install
+.PHONY: run test lint install test-conditions
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg requirements.txt requirements-test.txt
@@ -23,5 +23,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
+# .ci/env.sh first: the CPU and the jax/jaxlib/flax/torch versions, so a log says where it ran.
 test: lint
+	@.ci/env.sh $(PY)
 	$(PY) -m pytest -q
+
+# The numeric test files under XLA:CPU conditions that reorder reductions (docs/testing.md);
+# CONDITIONS="one-core worst" picks some, ARGS="tests/test_grpo.py" other files.
+test-conditions: $(VENV)/.installed
+	PY=$(PY) tests/conditions.sh $(CONDITIONS) $(if $(ARGS),-- $(ARGS))

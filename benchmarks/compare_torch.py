@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sampler_bench import loadavg, matmul_peak, useful_flops  # noqa: E402
 
-from esawd import es, models, tasks, trainer  # noqa: E402
+from esawd import es, models, scoring, tasks  # noqa: E402
+from esawd.es import method as es_method  # noqa: E402
 from esawd.models import embedded  # noqa: E402
 
 SIGMA, ALPHA, LAM = 1e-3, 5e-4, 10.0
@@ -95,14 +96,14 @@ def main() -> None:
     examples = task.generate(args.prompts, seed=0)
     model = models.load("smollm2-135m-instruct")
     config, tokenizer = model.config, model.tokenizer
-    batch = trainer.encode(task, examples, tokenizer, bucket=1)
+    batch = scoring.encode(task, examples, tokenizer, bucket=1)
     ids, mask = batch.ids, batch.mask
     seeds = np.asarray(
         es.iteration_seeds(base_seed=0, iteration=1, population_size=args.population)
     )
 
     def score_fn(tokens, lengths):
-        return trainer.score(task, tokenizer, tokens, lengths, examples)
+        return scoring.score(task, tokenizer, tokens, lengths, examples)
 
     # ---- PyTorch, the reference's way
     ref = transformers.AutoModelForCausalLM.from_pretrained(
@@ -125,17 +126,17 @@ def main() -> None:
     print(f"esawd on {len(jax.devices())} {jax.default_backend()} device(s)")
     params = jax.device_put(model.params)
     host = es.host_anchor(params)
-    generate_fn = trainer.make_generate_fn(
+    generate_fn = es_method.make_generate_fn(
         config, ids, mask, max_new_tokens=args.new_tokens, ignore_eos=True
     )
 
     def esawd_iteration(params):
-        member = trainer.evaluate_members(
+        member = es_method.population_fitness(
             generate_fn, params, seeds, score_fn, sigma=SIGMA, antithetic=False, mesh=mesh,
             members_per_batch=1, noise_sharing="none",
         )  # fmt: skip
         coeffs = es.normalize_rewards(member["reward"])
-        params = es.es_step(
+        params, _ = es.es_step(
             params, host, seeds, coeffs, alpha=ALPHA, population_size=len(seeds), lam=LAM,
             kind="l2",
         )  # fmt: skip

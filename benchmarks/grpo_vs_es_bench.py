@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esawd import es, grpo, models, tasks, trainer
+from esawd import es, grpo, models, scoring, tasks
+from esawd.es import method as es_method
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     examples = task.generate(args.prompts, seed=0)
     model = models.load(args.model)
     config, tokenizer = model.config, model.tokenizer
-    prompts = trainer.encode(task, examples, tokenizer)
+    prompts = scoring.encode(task, examples, tokenizer)
     print(
         f"model {args.model}: {config.num_params() / 1e6:.1f}M params; {args.n} x "
         f"{args.prompts} prompts = {args.n * args.prompts} samples per step, "
@@ -54,25 +55,25 @@ def main() -> None:
     mesh = es.population_mesh(jax.devices()[:1])
     es_params = jax.device_put(model.params)
     anchor = es.host_anchor(es_params)
-    generate_fn = trainer.make_generate_fn(
+    generate_fn = es_method.make_generate_fn(
         config, prompts.ids, prompts.mask, max_new_tokens=args.max_new_tokens,
         ignore_eos=args.fixed_length,
     )  # fmt: skip
 
     def score_fn(tokens, lengths):
-        return trainer.score(task, tokenizer, tokens, lengths, examples)
+        return scoring.score(task, tokenizer, tokens, lengths, examples)
 
     def es_iteration(t: int) -> dict[str, float]:
         nonlocal es_params
         seeds = np.asarray(es.iteration_seeds(base_seed=0, iteration=t, population_size=args.n))
         t0 = time.perf_counter()
-        member = trainer.evaluate_members(
+        member = es_method.population_fitness(
             generate_fn, es_params, seeds, score_fn, sigma=1e-3, antithetic=False, mesh=mesh,
             members_per_batch=1, noise_sharing="none",
         )  # fmt: skip
         t1 = time.perf_counter()
         coeffs = es.normalize_rewards(member["reward"] + 1e-3 * np.arange(args.n))
-        es_params = es.es_step(
+        es_params, _ = es.es_step(
             es_params, anchor, seeds, coeffs, alpha=5e-4, population_size=args.n, lam=10.0,
             kind="l2",
         )  # fmt: skip
@@ -103,7 +104,7 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens, batch_size=len(ids), ignore_eos=args.fixed_length,
         )  # fmt: skip
         t1 = time.perf_counter()
-        scores = trainer.score(task, tokenizer, tokens, lengths, repeated)
+        scores = scoring.score(task, tokenizer, tokens, lengths, repeated)
         rewards = scores["reward"] + 1e-3 * np.arange(len(ids))  # a signal even at reward 0
         adv = np.asarray(grpo.group_advantages(rewards.reshape(-1, args.n))).reshape(-1)
         width = min(tokens.shape[1], -(-int(lengths.max()) // 64) * 64)

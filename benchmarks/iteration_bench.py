@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-from esawd import es, models, tasks, trainer
+from esawd import es, models, scoring, tasks
+from esawd.es import method as es_method
 
 
 def main() -> None:
@@ -40,13 +41,13 @@ def main() -> None:
     else:
         examples = task.generate(args.prompts, seed=0)
     model = models.load(args.model)
-    prompts = trainer.encode(task, examples, model.tokenizer)
+    prompts = scoring.encode(task, examples, model.tokenizer)
     mesh = es.population_mesh()
     params = jax.device_put(
         model.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     )
     anchor = es.host_anchor(params)
-    generate_fn = trainer.make_generate_fn(
+    generate_fn = es_method.make_generate_fn(
         model.config,
         prompts.ids,
         prompts.mask,
@@ -55,7 +56,7 @@ def main() -> None:
     )
 
     def score_fn(tokens, lengths):
-        return trainer.score(task, model.tokenizer, tokens, lengths, examples)
+        return scoring.score(task, model.tokenizer, tokens, lengths, examples)
 
     print(
         f"model {args.model}: {model.config.num_params() / 1e6:.1f}M params; N={args.population},"
@@ -70,7 +71,7 @@ def main() -> None:
             es.iteration_seeds(base_seed=0, iteration=it + 1, population_size=args.population)
         )
         t0 = time.perf_counter()
-        member = trainer.evaluate_members(
+        member = es_method.population_fitness(
             generate_fn,
             params,
             seeds,
@@ -83,13 +84,13 @@ def main() -> None:
         )
         t1 = time.perf_counter()
         coeffs = es.normalize_rewards(member["reward"] + 1e-3 * np.arange(args.population))
-        params = es.es_step(
+        params, _ = es.es_step(
             params, anchor, seeds, coeffs, alpha=5e-4, population_size=args.population,
             lam=args.lam, kind="l2",
         )  # fmt: skip
         jax.block_until_ready(params)
         t2 = time.perf_counter()
-        params = es.es_step(
+        params, _ = es.es_step(
             params, None, seeds, coeffs, alpha=5e-4, population_size=args.population
         )  # the same update without AWD, for the AWD share
         jax.block_until_ready(params)

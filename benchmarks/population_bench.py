@@ -40,7 +40,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sampler_bench import loadavg  # noqa: E402
 
-from esawd import es, models, tasks, trainer  # noqa: E402
+from esawd import es, models, scoring, tasks  # noqa: E402
+from esawd.es import method as es_method  # noqa: E402
 
 
 def main() -> None:
@@ -62,8 +63,8 @@ def main() -> None:
     else:
         examples = task.generate(args.prompts, seed=0)
     model = models.load("smollm2-135m-instruct")
-    prompts = trainer.encode(task, examples, model.tokenizer)
-    gen = trainer.make_generate_fn(
+    prompts = scoring.encode(task, examples, model.tokenizer)
+    gen = es_method.make_generate_fn(
         model.config, prompts.ids, prompts.mask, max_new_tokens=args.new_tokens, ignore_eos=True
     )
     mesh = es.population_mesh(jax.devices()[:1])

@@ -72,7 +72,7 @@ def timed_step(params, anchor, seeds, coeffs, *, kind, lam, alpha):
     base = rss_bytes("VmRSS")
     reset_peak_rss()
     t0 = time.perf_counter()
-    params = es.es_step(
+    params, _ = es.es_step(
         params, anchor, seeds, coeffs, alpha=alpha, population_size=len(seeds), lam=lam, kind=kind
     )
     jax.block_until_ready(params)

@@ -8,39 +8,11 @@ is live), 4 steps with evaluation and checkpoints every 2: a few minutes on 2 CP
 `grpo.num_steps` sets the number of steps. Same run directory as the ES runs.
 """
 
-from ml_collections import ConfigDict
-
 from configs.common import base
 
 
-def grpo_base() -> ConfigDict:
-    """`base()` with the ES keys replaced by the paper's GRPO settings (verl's defaults else)."""
-    c = base()
-    c.method = "grpo"
-    del c["es"], c["awd"], c["distributed"]  # GRPO runs on one process
-    c.grpo = ConfigDict()
-    c.grpo.num_steps = 500
-    c.grpo.prompts_per_step = 200  # drawn from task.num_train each step
-    c.grpo.group_size = 30  # n completions per prompt
-    c.grpo.temperature = 1.0
-    c.grpo.learning_rate = 1e-6
-    c.grpo.kl_coef = 1e-3  # k3 KL to theta_0
-    c.grpo.clip_eps = 0.2
-    c.grpo.mini_batch_size = 32  # prompts per AdamW update
-    c.grpo.micro_batch_size = 8  # sequences per gradient computation (accumulated)
-    c.grpo.generate_batch_size = 256  # sequences per sampler call
-    c.grpo.weight_decay = 0.01
-    c.grpo.max_grad_norm = 1.0
-    c.grpo.adam_b1 = 0.9
-    c.grpo.adam_b2 = 0.999
-    c.grpo.adam_eps = 1e-8
-    c.grpo.adv_eps = 1e-6
-    c.grpo.seed = 0
-    return c
-
-
 def get_config(arg=None):
-    c = grpo_base()
+    c = base("grpo")
     c.workdir = "runs/grpo_default"
     c.model.name = "smollm2-135m-instruct"
     c.model.compute_dtype = "float32"

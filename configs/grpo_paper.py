@@ -15,7 +15,7 @@ mini-batches of 32 prompts, 1024 new tokens, 500 steps.
 | proofwriter_qwen3b | proofwriter |
 """
 
-from configs.grpo_default import grpo_base
+from configs.common import paper_base
 
 TASKS = ("countdown", "gsm8k", "proofwriter")
 
@@ -30,7 +30,7 @@ def get_config(arg=None):
         raise ValueError(
             f"configs/grpo_paper.py:{arg} is not a variant; choose one of {variants()}"
         )
-    c = grpo_base()  # the paper's settings are grpo_base()'s defaults
+    c = paper_base("grpo")  # the paper's settings are the schema's GRPO defaults
     c.workdir = f"runs/grpo_{arg}"
     c.task.name = arg.split("_")[0]
     c.model.name = "qwen2.5-3b-instruct"

@@ -21,7 +21,7 @@ alpha=5e-4, greedy decoding, 200 training prompts, 1024 new tokens, T=500.
 | countdown_llama3b_{es,awd_l2} | countdown | llama-3.2-3b-instruct | 30 | none / l2 |
 """
 
-from configs.common import base
+from configs.common import paper_base
 
 MODELS = {
     "qwen1.5b": "qwen2.5-1.5b-instruct",
@@ -49,7 +49,7 @@ def get_config(arg=None):
     if arg not in variants():
         raise ValueError(f"configs/paper.py:{arg} is not a variant; choose one of {variants()}")
     task, model, rest = arg.split("_", 2)
-    c = base()
+    c = paper_base()
     c.workdir = f"runs/{arg}"
     c.task.name = task
     c.model.name = MODELS[model]

@@ -5,9 +5,9 @@
         --num_examples 200 --max_new_tokens target=128,piqa=8,arc_challenge=256 --stride 10
 
 Writes forgetting.jsonl, kl.jsonl and weight_drift.jsonl into each run directory (see
-`esawd.eval`); running it again skips what is already written. `target` stands for the run's
-own target task. ES runs can be evaluated at any iteration (replayed from the ES log between
-checkpoints); GRPO runs at their checkpoints.
+`esawd.analysis.analyze_run`); running it again skips what is already written. `target` stands
+for the run's own target task. ES runs can be evaluated at any iteration (replayed from the ES
+log between checkpoints); GRPO runs at their checkpoints.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from esawd import eval as ev
-from esawd import tasks
+from esawd import analysis, tasks
 
 
 def parse_tokens(text: str) -> int | dict[str, int]:
@@ -52,7 +51,7 @@ def resolve_tokens(tokens: int | dict[str, int], names: tuple[str, ...], target:
     default = table.pop("default", None)
     missing = [t for t in names if t not in table and default is None]
     if missing:
-        raise ev.EvaluationError(
+        raise analysis.AnalysisError(
             f"--max_new_tokens names no value for {', '.join(missing)}; add them or default=N."
         )
     return {t: table.get(t, default) for t in names}
@@ -87,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--iterations {args.iterations!r}: use comma-separated integers, e.g. 0,10,30")
     try:
         for workdir in args.workdir:
-            config = ev.read_run_config(workdir)
+            config = analysis.read_run_config(workdir)
             target = config.get("task", {}).get("name", "")
             names = resolve_tasks(args.tasks.split(","), target)
-            settings = ev.AnalysisSettings(
+            settings = analysis.AnalysisSettings(
                 tasks=names,
                 data_dir=args.data_dir,
                 num_examples=args.num_examples,
@@ -106,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                 model_cache_dir=args.model_cache_dir,
             )
             if args.fresh:
-                ev.clear_evaluation(workdir)
-            ev.evaluate_run(workdir, settings, progress=not args.no_progress)
-    except (ev.EvaluationError, FileNotFoundError) as e:
+                analysis.clear_analysis(workdir)
+            analysis.analyze_run(workdir, settings, progress=not args.no_progress)
+    except (analysis.AnalysisError, FileNotFoundError) as e:
         sys.exit(f"evaluate: {e}")
 
 

@@ -17,8 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from esawd import eval as ev  # noqa: E402
-from esawd import figures  # noqa: E402
+from esawd import analysis, figures  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in args.only.split(",") if n] or None
     try:
         figures.write_figures(args.workdirs, args.out, names=names, toy=not args.no_toy)
-    except (ev.EvaluationError, ValueError) as e:
+    except (analysis.AnalysisError, ValueError) as e:
         sys.exit(f"figures: {e}")
 
 

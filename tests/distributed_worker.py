@@ -31,7 +31,7 @@ def main():
         r = np.asarray(multihost_utils.process_allgather(r, tiled=True))
         rewards.append(r)
         coeffs = es.normalize_rewards(r, antithetic=True)
-        params = es.es_step(
+        params, _ = es.es_step(
             params, anchor, seeds, coeffs, alpha=0.05, population_size=14, lam=2.0, kind="l2"
         )
     leaves = [

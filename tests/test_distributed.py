@@ -31,7 +31,7 @@ def single_process_reference():
                                               antithetic=True, mesh=mesh))  # fmt: skip
         rewards.append(r)
         coeffs = es.normalize_rewards(r, antithetic=True)
-        params = es.es_step(
+        params, _ = es.es_step(
             params, anchor, seeds, coeffs, alpha=0.05, population_size=14, lam=2.0, kind="l2"
         )
     return np.stack(rewards), [np.asarray(x, np.float32) for x in jax.tree.leaves(params)]

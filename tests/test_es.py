@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from esawd import es
+from esawd.es import update as es_update_mod
 
 # A small pytree with mixed shapes, a stacked-layer leaf (prime dims) and a bfloat16 leaf.
 SHAPES = {
@@ -112,7 +113,7 @@ def test_matches_numpy_algorithm1(antithetic, kind, lam, fused):
         coeffs = es.normalize_rewards(rewards, antithetic=antithetic)
         n = 2 * k if antithetic else k
         if fused:
-            params = es.es_step(
+            params, _ = es.es_step(
                 params, anchor, seeds, coeffs, alpha=alpha, population_size=n, lam=lam, kind=kind
             )
         else:
@@ -315,7 +316,9 @@ def test_es_step_equals_update_then_device_anchored_decay(kind, lam):
     want = es.es_update(params, seeds, coeffs, alpha=0.01, population_size=9)
     want = es.anchored_decay(want, theta0, alpha=0.01, lam=lam, kind=kind)
     copy = jax.tree.map(jnp.copy, params)
-    got = es.es_step(copy, anchor, seeds, coeffs, alpha=0.01, population_size=9, lam=lam, kind=kind)
+    got, _ = es.es_step(
+        copy, anchor, seeds, coeffs, alpha=0.01, population_size=9, lam=lam, kind=kind
+    )
     assert all(x.is_deleted() for x in jax.tree.leaves(copy))  # parameters were donated
     for g, w, p in zip(*map(jax.tree.leaves, (got, want, params)), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
@@ -372,7 +375,7 @@ def test_es_update_memory_does_not_grow_with_population():
     leaf_bytes = 4096 * 256 * 4
 
     def temp_bytes(n):
-        lowered = es._es_update.lower(
+        lowered = es_update_mod._es_update.lower(
             params,
             jnp.arange(n, dtype=jnp.uint32),
             jnp.ones(n),
@@ -391,7 +394,7 @@ def test_large_leaf_update_memory_is_bounded_by_chunks():
     # A 64 MiB leaf: without chunked noise the generator's temporaries alone are ~7x that.
     params = {"embed": jnp.ones((16384, 1024))}
     leaf_bytes = 16384 * 1024 * 4
-    lowered = es._es_update.lower(
+    lowered = es_update_mod._es_update.lower(
         params,
         jnp.arange(8, dtype=jnp.uint32),
         jnp.ones(8),
@@ -449,13 +452,15 @@ def test_es_step_on_parameters_replicated_over_four_devices():
     theta0 = jax.tree.map(lambda x: x + 0.5, params)
     seeds, coeffs = np.arange(5), np.linspace(-1, 1, 5)
     kw = dict(alpha=0.01, population_size=5, lam=10.0, kind="l2")
-    want, want_drift = es.es_step(jax.tree.map(jnp.copy, params), es.host_anchor(theta0), seeds,
-                                  coeffs, with_drift=True, **kw)  # fmt: skip
+    want, want_metrics = es.es_step(jax.tree.map(jnp.copy, params), es.host_anchor(theta0),
+                                    seeds, coeffs, with_drift=True, **kw)  # fmt: skip
+    want_drift = want_metrics["drift_norm"]
     rep = jax.device_put(params, replicated)
     anchor = es.host_anchor(jax.device_put(theta0, replicated))
     assert {a.sharding.memory_kind for a in anchor.arrays()} == {"pinned_host"}
     # CPU devices of one process share its cores: the step runs once and is copied to all four
-    got, drift = es.es_step(rep, anchor, seeds, coeffs, with_drift=True, **kw)
+    got, metrics = es.es_step(rep, anchor, seeds, coeffs, with_drift=True, **kw)
+    drift = metrics["drift_norm"]
     assert drift == want_drift
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert g.sharding.is_equivalent_to(replicated, g.ndim)
@@ -483,12 +488,28 @@ def test_es_step_reports_the_drift_norm(kind, lam):
     params = jax.tree.map(lambda x: x.astype(jnp.float32), make_params(1))
     theta0 = jax.tree.map(lambda x: x - 0.01, params)
     kw = dict(alpha=0.01, population_size=5, lam=lam, kind=kind)
-    new, drift = es.es_step(
+    new, metrics = es.es_step(
         jax.tree.map(jnp.copy, params), es.host_anchor(theta0), np.arange(5),
         np.linspace(-1, 1, 5), with_drift=True, **kw,
     )  # fmt: skip
+    drift = metrics["drift_norm"]
     want = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
                        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(theta0),
                                        strict=True)))  # fmt: skip
     assert drift == pytest.approx(want, rel=1e-5)
     assert drift > 0.01 * np.sqrt(sum(x.size for x in jax.tree.leaves(params))) * 0.5
+
+
+@pytest.mark.parametrize("with_drift", [False, True])
+def test_es_step_returns_params_and_metrics_in_one_shape(with_drift):
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), make_params(1))
+    want = es.es_update(params, np.arange(4), np.linspace(-1, 1, 4), alpha=0.01, population_size=4)
+    out = es.es_step(
+        jax.tree.map(jnp.copy, params), es.host_anchor(params), np.arange(4),
+        np.linspace(-1, 1, 4), alpha=0.01, population_size=4, with_drift=with_drift,
+    )  # fmt: skip
+    assert isinstance(out, tuple) and len(out) == 2
+    new, metrics = out
+    assert set(metrics) == ({"drift_norm"} if with_drift else set())
+    for g, w in zip(jax.tree.leaves(new), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)

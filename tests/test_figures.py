@@ -7,8 +7,7 @@ import pytest
 from tiny_model import tiny_config, tiny_train, write_tiny_model
 from trainer_driver import patch_reward
 
-import esawd.eval as ev
-from esawd import figures
+from esawd import analysis, figures
 from experiments import figures as figures_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +38,13 @@ def runs(tmp_path_factory):
         tiny_config(root / "awd", model, **common, **{"es.num_iterations": 3, "awd.lam": 5.0}),
         tiny_config(root / "grpo", model, method="grpo", **common),
     ]
-    settings = ev.AnalysisSettings(
+    settings = analysis.AnalysisSettings(
         tasks=("countdown", "gsm8k"), num_examples=4, max_new_tokens=4, batch_size=4,
         kl_prompts=3, kl_max_new_tokens=5,
     )  # fmt: skip
     for c in configs:
         tiny_train(c)
-        ev.evaluate_run(c.workdir, settings, progress=False)
+        analysis.analyze_run(c.workdir, settings, progress=False)
     Countdown.reward, GSM8K.load = originals
     return [c.workdir for c in configs]
 
@@ -65,7 +64,7 @@ def test_figures_without_evaluation_are_skipped_with_the_reason(runs, tmp_path, 
 
     bare = tmp_path / "bare"
     shutil.copytree(runs[0], bare)
-    ev.clear_evaluation(bare)
+    analysis.clear_analysis(bare)
     written = figures.write_figures([bare], tmp_path / "out", toy=False)
     assert [p.name for p in written] == ["training_reward.png"]
     assert "skipped target_vs_prior: no run has forgetting.jsonl" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
 from configs import grpo_default, grpo_paper
-from esawd import grpo, models, sampling, tasks, trainer
+from esawd import grpo, models, sampling, scoring, settings, tasks
 from esawd.rundir import RunDir
 from experiments import run as run_cli
 
@@ -126,7 +126,7 @@ def test_policy_loss_matches_numpy_with_clipping_and_micro_batches():
 def tiny_batch(tiny, *, group_size=3, max_new_tokens=6, seed=0):
     task = tasks.get_task("countdown")
     examples = task.generate(2, seed=5)
-    prompts = trainer.encode(task, examples, tiny.tokenizer)
+    prompts = scoring.encode(task, examples, tiny.tokenizer)
     tokens, lengths = grpo.rollout(
         tiny.config, tiny.params, prompts.ids, prompts.mask, jax.random.key(seed),
         group_size=group_size, max_new_tokens=max_new_tokens,
@@ -138,7 +138,7 @@ def test_token_log_probs_match_the_sampler(tiny):
     prompts, tokens, lengths = tiny_batch(tiny)
     ids, mask = (np.repeat(x, 3, axis=0) for x in prompts)
     cont_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    got = grpo.token_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask, chunk=4)
+    got = sampling.token_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask, chunk=4)
     want = sampling.sequence_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(got)[~cont_mask] == 0) and np.all(np.asarray(got)[cont_mask] < 0)
@@ -154,7 +154,7 @@ def loss_inputs(tiny, *, off_policy):
     ref_params = jax.tree.map(lambda x: x + 0.02 * rng.standard_normal(x.shape), tiny.params)
     old = None
     if off_policy:
-        lp = grpo.token_log_probs(tiny.config, tiny.params, ids, pmask, tokens, mask)
+        lp = sampling.token_log_probs(tiny.config, tiny.params, ids, pmask, tokens, mask)
         old = np.where(mask, np.asarray(lp) + rng.normal(0, 0.3, mask.shape), 0).astype(np.float32)
     return ids, pmask, tokens, mask, adv, old, ref_params
 
@@ -171,14 +171,14 @@ def test_loss_gradient_matches_finite_differences(tiny, off_policy):
     grads, loss, _ = grpo._accumulate_grad(
         cfg, params, ref_params, zeros, ids, pmask, tokens, mask, adv, old, n, *KW
     )
-    ref_lp = grpo.token_log_probs(cfg, ref_params, ids, pmask, tokens, mask)
+    ref_lp = sampling.token_log_probs(cfg, ref_params, ids, pmask, tokens, mask)
     fixed_old = old
     if old is None:  # on-policy: pi_old is the policy at the evaluation point, held fixed
-        fixed_old = grpo.token_log_probs(cfg, params, ids, pmask, tokens, mask)
+        fixed_old = sampling.token_log_probs(cfg, params, ids, pmask, tokens, mask)
 
     @jax.jit
     def loss_at(p):
-        lp = grpo.token_log_probs(cfg, p, ids, pmask, tokens, mask)
+        lp = sampling.token_log_probs(cfg, p, ids, pmask, tokens, mask)
         return grpo.policy_loss(lp, fixed_old, ref_lp, adv, mask, clip_eps=KW[0], kl_coef=KW[1],
                                 num_tokens=n)[0]  # fmt: skip
 
@@ -216,7 +216,7 @@ def test_grpo_increases_a_toy_reward(tiny):
     """Reward: the fraction of even token ids in the completion (about 1/2 at the start)."""
     cfg = tiny.config
     task = tasks.get_task("countdown")
-    prompts = trainer.encode(task, task.generate(4, seed=1), tiny.tokenizer)
+    prompts = scoring.encode(task, task.generate(4, seed=1), tiny.tokenizer)
     n, width, key = 8, 8, jax.random.key(0)
     ids, pmask = (np.repeat(x, n, axis=0) for x in prompts)
     even = np.arange(cfg.vocab_size) % 2 == 0
@@ -299,8 +299,8 @@ def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
     params = models.load(tiny_dir).params
     opt = grpo.make_optimizer(learning_rate=1e-3)
     like = opt.init(params)
-    _, opt_a, _ = grpo.GRPORunDir(tmp_path / "a").restore_state(2, params, like)
-    _, opt_b, _ = grpo.GRPORunDir(tmp_path / "b").restore_state(2, params, like)
+    opt_a = RunDir(tmp_path / "a").restore(2, params, extra_like={"opt_state": like})[2]
+    opt_b = RunDir(tmp_path / "b").restore(2, params, extra_like={"opt_state": like})[2]
     assert_bitwise(opt_a, opt_b)  # AdamW's moments and count too
     assert int(jax.tree.leaves(opt_a)[0]) == 4  # 2 steps x 2 mini-batches
     rows = RunDir(tmp_path / "b").metrics.rows()
@@ -321,13 +321,9 @@ def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
     ],
 )
 def test_bad_configs_are_refused_before_loading(tmp_path, tiny_dir, monkeypatch, overrides, match):
-    def no_load(*a, **k):
-        raise AssertionError("the model was loaded before the config was checked")
-
-    monkeypatch.setattr(models, "load", no_load)
-    with pytest.raises(trainer.ConfigError, match=match):
-        train(tiny_config(tmp_path / "run", tiny_dir, **overrides))
-    assert not (tmp_path / "run" / "config.json").exists()
+    tiny_model.assert_refused_before_loading(
+        tiny_config(tmp_path / "run", tiny_dir, **overrides), match, monkeypatch
+    )
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir, monkeypatch):
@@ -335,10 +331,10 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir, monkeyp
     stored = tiny_config(tmp_path / "run", tiny_dir).to_dict()
     RunDir(tmp_path / "run").write_config(stored)
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("loaded"))
-    with pytest.raises(trainer.ConfigError, match=r"grpo.kl_coef=0.001.*grpo.kl_coef=0.01"):
+    with pytest.raises(settings.ConfigError, match=r"grpo.kl_coef=0.001.*grpo.kl_coef=0.01"):
         train(tiny_config(tmp_path / "run", tiny_dir, **{"grpo.kl_coef": 0.01}))
     # more steps or another micro-batch size may resume
-    grpo.check_resumable(
+    settings.check_resumable(
         stored,
         tiny_config(tmp_path / "run", tiny_dir, **{"grpo.num_steps": 9,
                                                   "grpo.micro_batch_size": 2}).to_dict(),
@@ -348,16 +344,16 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir, monkeyp
 
 def test_default_config_targets_smollm2_and_is_valid():
     c = grpo_default.get_config()
-    s = run_cli.grpo_settings_from_config(c)
-    grpo.check_settings(s)
+    s = settings.from_config(c)
+    settings.check(s)
     assert c.method == "grpo" and s.model.name == "smollm2-135m-instruct"
     assert "es" not in c and "awd" not in c  # no keys that GRPO would silently ignore
 
 
 @pytest.mark.parametrize("variant", grpo_paper.variants())
 def test_paper_configs_build_with_paper_settings(variant):
-    s = run_cli.grpo_settings_from_config(grpo_paper.get_config(variant))
-    grpo.check_settings(s)
+    s = settings.from_config(grpo_paper.get_config(variant))
+    settings.check(s)
     g = s.grpo
     assert (g.prompts_per_step, g.group_size, g.learning_rate, g.kl_coef) == (200, 30, 1e-6, 1e-3)
     assert (g.mini_batch_size, g.num_steps, g.temperature) == (32, 500, 1.0)

@@ -5,7 +5,8 @@ transformers tokenizer built offline from the `tokenizers` library."""
 import numpy as np
 import pytest
 
-from esawd.tasks import encode_prompts, get_task, prompt_token_ids
+from esawd.prompts import encode_prompts, prompt_token_ids
+from esawd.tasks import get_task
 
 # A ChatML template, the format of the Qwen2.5 and SmolLM2 instruct models the paper uses.
 CHATML = (

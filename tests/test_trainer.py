@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny random model: runs, resume, kill, replay, configs, sharding."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
 from configs import default, paper, small_repro
-from esawd import es, models, trainer
-from experiments import run as run_cli
+from esawd import devices, models, scoring, settings
+from esawd.es import method as es_method
+from esawd.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,15 +49,15 @@ def test_two_iterations_end_to_end(tmp_path, tiny_dir):
     c = tiny_config(tmp_path / "run", tiny_dir)
     params = train(c)
     run = Path(c.workdir)
-    rows = trainer.RunDir(run).metrics.rows()
+    rows = RunDir(run).metrics.rows()
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert rows[1]["reward_std"] > 0 and rows[2]["drift_norm"] > rows[1]["drift_norm"] > 0
     for key in ("reward_mean", "accuracy", "tokens_mean", "time/population", "time/update"):
         assert key in rows[1]
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[2]
-    es_rows = trainer.RunDir(run).es_log.rows()
+    es_rows = RunDir(run).es_log.rows()
     assert [r["iteration"] for r in es_rows] == [1, 2] and len(es_rows[0]["seeds"]) == 4
-    assert sorted(trainer.RunDir(run).all_steps()) == [1, 2]
+    assert sorted(RunDir(run).all_steps()) == [1, 2]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     exported = models.load(run / "final")
     assert_bitwise(exported.params, params)
@@ -68,7 +70,7 @@ def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
     train(tiny_config(tmp_path / "b", tiny_dir, **{"es.num_iterations": 2}))
     resumed = train(tiny_config(tmp_path / "b", tiny_dir, **{"es.num_iterations": 4}))
     assert_bitwise(resumed, straight)
-    iterations = [r["iteration"] for r in trainer.RunDir(tmp_path / "b").metrics.rows()]
+    iterations = [r["iteration"] for r in RunDir(tmp_path / "b").metrics.rows()]
     assert iterations == [0, 1, 2, 3, 4]
 
 
@@ -77,14 +79,14 @@ def test_replay_equals_checkpoints(tmp_path, tiny_dir):
         tmp_path / "run", tiny_dir, **{"es.num_iterations": 3, "awd.kind": "l1", "awd.lam": 0.05}
     )
     train(c)
-    run = trainer.RunDir(c.workdir)
+    run = RunDir(c.workdir)
     theta0 = models.load(tiny_dir).params
     for t in (1, 3):
         ckpt, meta = run.restore(t, theta0)
         assert meta["iteration"] == t
-        assert_bitwise(trainer.replay(theta0, run.es_log.rows(), upto=t), ckpt)
+        assert_bitwise(es_method.replay(theta0, run.es_log.rows(), upto=t), ckpt)
     with pytest.raises(ValueError, match="cannot replay iteration 4"):
-        trainer.replay(theta0, run.es_log.rows(), upto=4)
+        es_method.replay(theta0, run.es_log.rows(), upto=4)
 
 
 def test_sharded_over_four_devices_equals_one(tmp_path, tiny_dir):
@@ -124,12 +126,12 @@ def test_kill_and_resume_in_a_subprocess(tmp_path, tiny_dir):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-iteration 3, maybe mid-checkpoint
     proc.wait()
-    assert trainer.RunDir(workdir).latest_step() in (2, 3)
+    assert RunDir(workdir).latest_step() in (2, 3)
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed, _ = trainer.RunDir(workdir).restore(5, straight)
+    resumed, _ = RunDir(workdir).restore(5, straight)
     assert_bitwise(resumed, straight)
-    iterations = [r["iteration"] for r in trainer.RunDir(workdir).metrics.rows()]
+    iterations = [r["iteration"] for r in RunDir(workdir).metrics.rows()]
     assert iterations == [0, 1, 2, 3, 4, 5]
 
 
@@ -141,8 +143,8 @@ def awd_walk_ratio(decay: float, iterations: int) -> float:
 
 @pytest.mark.parametrize("variant", list(small_repro.VARIANTS))
 def test_small_repro_configs_scale_the_paper_down_as_documented(variant):
-    s = run_cli.settings_from_config(small_repro.get_config(variant))
-    trainer.check_settings(s)
+    s = settings.from_config(small_repro.get_config(variant))
+    settings.check(s)
     assert (s.model.name, s.task.name, s.es.sigma) == ("smollm2-135m-instruct", "proofwriter", 1e-3)
     # The docstring's claims: ES's walk per weight, alpha*sqrt(T/N), near the paper's ...
     walk = s.es.alpha * (s.es.num_iterations / s.es.population_size) ** 0.5
@@ -170,18 +172,14 @@ def test_small_repro_configs_scale_the_paper_down_as_documented(variant):
     ],
 )
 def test_bad_configs_are_refused_before_loading(tmp_path, tiny_dir, monkeypatch, overrides, match):
-    def no_load(*a, **k):
-        raise AssertionError("the model was loaded before the config was checked")
-
-    monkeypatch.setattr(models, "load", no_load)
-    with pytest.raises(trainer.ConfigError, match=match):
-        train(tiny_config(tmp_path / "run", tiny_dir, **overrides))
-    assert not (tmp_path / "run" / "config.json").exists()
+    tiny_model.assert_refused_before_loading(
+        tiny_config(tmp_path / "run", tiny_dir, **overrides), match, monkeypatch
+    )
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_dir):
     train(tiny_config(tmp_path / "run", tiny_dir, **{"es.num_iterations": 1}))
-    with pytest.raises(trainer.ConfigError, match=r"es.sigma=0.05.*es.sigma=0.1"):
+    with pytest.raises(settings.ConfigError, match=r"es.sigma=0.05.*es.sigma=0.1"):
         train(tiny_config(tmp_path / "run", tiny_dir, **{"es.sigma": 0.1}))
 
 
@@ -195,7 +193,7 @@ def test_non_finite_rewards_stop_the_run_and_keep_the_checkpoint(tmp_path, tiny_
     c.es.num_iterations = 2
     with pytest.raises(FloatingPointError, match=r"iteration 2: non-finite rewards.*\(1\)"):
         train(c)
-    assert trainer.RunDir(c.workdir).all_steps() == [1]
+    assert RunDir(c.workdir).all_steps() == [1]
 
 
 def test_misspelled_key_suggests_the_right_one():
@@ -218,15 +216,15 @@ class _FakeGPU:
 
 def test_members_per_batch_from_device_memory():
     gib = 2**30
-    pick = trainer.members_per_batch_for
+    pick = es_method.members_per_batch_for
     # 0.8 x 10 GiB - 1 GiB reserved = 7 GiB: seven 1-GiB members, capped by the members there
     assert pick(_FakeGPU(10 * gib), member_bytes=gib, members=30, reserved_bytes=gib) == 7
     assert pick(_FakeGPU(10 * gib), member_bytes=gib, members=4, reserved_bytes=gib) == 4
     assert pick(_FakeGPU(gib), member_bytes=2 * gib, members=30) == 1  # never below one
     assert pick(jax.devices()[0], member_bytes=1, members=30) == 1  # the CPU reports no limit
     c = models.PRESETS["qwen2.5-3b-instruct"][1]
-    small = trainer.member_bytes(c, batch=200, width=256, max_new_tokens=512)
-    longer = trainer.member_bytes(c, batch=200, width=256, max_new_tokens=1024)
+    small = es_method.member_bytes(c, batch=200, width=256, max_new_tokens=512)
+    longer = es_method.member_bytes(c, batch=200, width=256, max_new_tokens=1024)
     # 512 more slots: the KV cache (bf16/f32 per the config) and the float32 prefill scores
     per_slot = 2 * c.n_layers * 200 * c.n_kv_heads * c.head_dim * np.dtype(c.dtype).itemsize
     per_slot += 200 * c.n_heads * 256 * 4 * 2
@@ -238,7 +236,7 @@ def test_members_per_batch_zero_trains_like_one_on_cpu(tmp_path, tiny_dir):
     one = train(tiny_config(tmp_path / "one", tiny_dir, **{"es.members_per_batch": 1}))
     auto = train(tiny_config(tmp_path / "auto", tiny_dir, **{"es.members_per_batch": 0}))
     assert_bitwise(auto, one)
-    with pytest.raises(trainer.ConfigError, match="members_per_batch=-1 is invalid"):
+    with pytest.raises(settings.ConfigError, match="members_per_batch=-1 is invalid"):
         train(tiny_config(tmp_path / "bad", tiny_dir, **{"es.members_per_batch": -1}))
 
 
@@ -246,9 +244,9 @@ def test_no_iteration_after_the_first_compiles(tmp_path, tiny_dir, monkeypatch):
     from jax._src import dispatch
 
     log = []
-    z = es.normalize_rewards  # called once per iteration, between population and update
+    z = es_method.normalize_rewards  # once per iteration, between population and update
     monkeypatch.setattr(
-        es, "normalize_rewards", lambda *a, **k: (log.append("step"), z(*a, **k))[1]
+        es_method, "normalize_rewards", lambda *a, **k: (log.append("step"), z(*a, **k))[1]
     )
 
     def on_compile(event, duration, **kwargs):
@@ -268,11 +266,11 @@ def test_no_iteration_after_the_first_compiles(tmp_path, tiny_dir, monkeypatch):
 
 def test_cpu_devices_errors_name_the_key_and_the_fix():
     jax.devices()  # this process's backend is running (4 devices, from conftest)
-    with pytest.raises(trainer.ConfigError, match=r"cpu_devices=2 came too late.*JAX_NUM_CPU"):
-        run_cli.set_cpu_devices(2)
-    with pytest.raises(trainer.ConfigError, match=r"cpu_devices=-1 is invalid"):
-        run_cli.set_cpu_devices(-1)
-    run_cli.set_cpu_devices(0)  # the default leaves JAX alone
+    with pytest.raises(settings.ConfigError, match=r"cpu_devices=2 came too late.*JAX_NUM_CPU"):
+        devices.set_cpu_devices(2)
+    with pytest.raises(settings.ConfigError, match=r"cpu_devices=-1 is invalid"):
+        devices.set_cpu_devices(-1)
+    devices.set_cpu_devices(0)  # the default leaves JAX alone
     assert jax.device_count() == 4
 
 
@@ -280,17 +278,17 @@ def test_command_line_overrides_reach_the_settings():
     c = default.get_config()
     c.es.population_size = 12
     c.awd.kind = "l1"
-    s = run_cli.settings_from_config(c)
+    s = settings.from_config(c)
     assert s.es.population_size == 12 and s.awd.kind == "l1"
     assert s.model.name == "smollm2-135m-instruct"
-    trainer.check_settings(s)  # the default config is valid as shipped
+    settings.check(s)  # the default config is valid as shipped
 
 
 @pytest.mark.parametrize("variant", paper.variants())
 def test_paper_configs_build_with_paper_settings(variant):
     c = paper.get_config(variant)
-    s = run_cli.settings_from_config(c)
-    trainer.check_settings(s)
+    s = settings.from_config(c)
+    settings.check(s)
     assert (s.es.sigma, s.es.alpha, s.es.num_iterations) == (1e-3, 5e-4, 500)
     assert (s.task.num_train, s.task.max_new_tokens) == (200, 1024)
     assert s.model.name in models.PRESETS
@@ -322,7 +320,7 @@ def test_paper_configs_tiny_dry_run(tmp_path, variant):
     c.log.progress = False
     c.log.tensorboard = False
     train(c)
-    rows = trainer.RunDir(c.workdir).es_log.rows()
+    rows = RunDir(c.workdir).es_log.rows()
     assert len(rows) == 1 and rows[0]["kind"] == c.awd.kind
 
 
@@ -354,7 +352,7 @@ def test_weights_and_biases_receives_the_metrics(tmp_path, tiny_dir, monkeypatch
 def test_wandb_missing_is_a_clear_error(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     c = tiny_config(tmp_path / "run", tiny_dir, **{"log.wandb": True})
-    with pytest.raises(trainer.ConfigError, match="pip install wandb"):
+    with pytest.raises(settings.ConfigError, match="pip install wandb"):
         train(c)
 
 
@@ -363,18 +361,18 @@ def test_non_finite_parameters_stop_the_run_before_saving(tmp_path, tiny_dir):
     c = tiny_config(tmp_path / "run", tiny_dir, **overrides)  # the update overflows float32
     with pytest.raises(FloatingPointError, match=r"iteration 1: the update produced non-finite"):
         train(c)
-    assert trainer.RunDir(c.workdir).all_steps() == []
-    assert trainer.RunDir(c.workdir).es_log.rows() == []
+    assert RunDir(c.workdir).all_steps() == []
+    assert RunDir(c.workdir).es_log.rows() == []
 
 
 def test_no_held_out_examples_when_eval_is_off():
     data_dir = os.environ.get("ESAWD_DATA_DIR")
     if not data_dir:
         pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
-    s = trainer.TaskSettings(name="gsm8k", data_dir=data_dir, num_train=5)
-    train_rows, held_out = trainer.load_examples(s, eval_size=0, seed=0)
+    s = {"data_dir": data_dir, "num_train": 5, "seed": 0}
+    train_rows, held_out = scoring.load_examples("gsm8k", eval_size=0, **s)
     assert len(train_rows) == 5 and held_out == []
-    _, held_out = trainer.load_examples(s, eval_size=7, seed=0)
+    _, held_out = scoring.load_examples("gsm8k", eval_size=7, **s)
     assert len(held_out) == 7
 
 
@@ -404,6 +402,50 @@ def test_two_processes_equal_one(tmp_path, tiny_dir):
     errors = [p.communicate(timeout=600)[1].decode()[-3000:] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
     assert_bitwise(models.load(workdir / "final").params, one)
-    rows = trainer.RunDir(workdir).metrics.rows()
+    rows = RunDir(workdir).metrics.rows()
     assert [r["iteration"] for r in rows] == [0, 1, 2]  # written once, by process 0
     assert rows[2]["drift_norm"] > 0
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, tiny_dir, monkeypatch):
+    import types
+
+    inits = []
+
+    class FakeRun:
+        def log(self, scalars, step):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setitem(
+        sys.modules, "wandb", types.SimpleNamespace(init=lambda **k: inits.append(k) or FakeRun())
+    )
+    fast = {"log.wandb": True, "eval.num_examples": 0, "export": False}
+    train(tiny_config(tmp_path / "run", tiny_dir, **{**fast, "es.num_iterations": 1}))
+    train(tiny_config(tmp_path / "run", tiny_dir, **{**fast, "es.num_iterations": 2}))
+    train(tiny_config(tmp_path / "other", tiny_dir, **{**fast, "es.num_iterations": 1}))
+    first, resumed, other = (k.get("id") for k in inits)
+    assert first and resumed == first and inits[1]["resume"] == "allow"
+    assert other and other != first  # a new run directory is a new W&B run
+    assert (tmp_path / "run" / "wandb_id").read_text().strip() == first
+
+
+def test_errors_after_flag_parsing_keep_their_traceback(tmp_path, tiny_dir):
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights.pop(sorted(weights)[0])  # a checkpoint that lacks one tensor
+    save_file(weights, broken / "model.safetensors")
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--config", "configs/default.py",
+         f"--config.workdir={tmp_path / 'run'}", f"--config.model.name={broken}",
+         "--config.distributed.cpu_devices=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "is missing from the checkpoint" in out.stderr
+    assert "Traceback" in out.stderr and "config error" not in out.stderr

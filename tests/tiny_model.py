@@ -129,12 +129,26 @@ def tiny_command(workdir, model_dir, **overrides) -> list[str]:
 
 def tiny_train(c):
     """Train the config `c` (ES or GRPO) in this process; returns the final parameters."""
-    from esawd import grpo, trainer
-    from experiments import run as run_cli
+    from esawd import settings
+    from esawd.train import train
 
-    if c.method == "grpo":
-        return grpo.train(run_cli.grpo_settings_from_config(c), config_dict=c.to_dict())
-    return trainer.train(run_cli.settings_from_config(c), config_dict=c.to_dict())
+    return train(settings.from_config(c))
+
+
+def assert_refused_before_loading(c, match: str, monkeypatch) -> None:
+    """Training the config `c` raises a ConfigError matching `match` before any model is
+    loaded and before the run directory gets a config.json."""
+    import pytest
+
+    from esawd import models, settings
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(models, "load", no_load)
+    with pytest.raises(settings.ConfigError, match=match):
+        tiny_train(c)
+    assert not (Path(c.workdir) / "config.json").exists()
 
 
 def set_keys(config, overrides: dict) -> None:

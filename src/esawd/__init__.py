@@ -3,8 +3,13 @@
 Implements Algorithm 1 of Schweighofer et al. (2026), "Overcoming Forgetting in LLM
 Fine-Tuning with Evolution Strategies". Submodules:
 
-- `esawd.es`: noise, perturbation, reward normalisation, the ES update, anchored weight decay,
-  the fused host-anchored step and sharded population evaluation.
+- `esawd.es`: the algorithm layer, a package split by job:
+  - `esawd.es.noise`: noise regenerated from seeds, perturbation, iteration seeds;
+  - `esawd.es.update`: reward normalisation, the ES update, anchored weight decay and the
+    fused host-anchored step `es_step`;
+  - `esawd.es.anchor`: theta_0 in pinned host memory (`HostAnchor`);
+  - `esawd.es.population`: sharded population evaluation.
+  `esawd.es` re-exports all of them (`es.perturb`, `es.es_step`, ...).
 - `esawd.toy`: the paper's random-walk mechanism on a toy objective.
 """
 

@@ -23,7 +23,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-import esawd.eval as ev
+from esawd import analysis
 from esawd.rundir import read_jsonl
 
 MARKERS = "osD^vP*Xh<>p"
@@ -48,7 +48,7 @@ class Run:
 
     @property
     def method(self) -> str:
-        return ev.run_method(self.config)
+        return analysis.run_method(self.config)
 
     @property
     def target(self) -> str:
@@ -99,15 +99,15 @@ def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
     runs = []
     for w in workdirs:
         root = Path(w)
-        config = ev.read_run_config(root)
+        config = analysis.read_run_config(root)
         runs.append(
             Run(
                 workdir=root,
                 config=config,
-                label=ev.run_label(config),
-                forgetting=read_jsonl(root / ev.FORGETTING_FILE),
-                kl=read_jsonl(root / ev.KL_FILE),
-                drift=read_jsonl(root / ev.DRIFT_FILE),
+                label=analysis.run_label(config),
+                forgetting=read_jsonl(root / analysis.FORGETTING_FILE),
+                kl=read_jsonl(root / analysis.KL_FILE),
+                drift=read_jsonl(root / analysis.DRIFT_FILE),
                 metrics=read_jsonl(root / "metrics.jsonl"),
             )
         )
@@ -237,7 +237,9 @@ def plot_weight_drift(runs: Sequence[Run]) -> plt.Figure:
     ax.set(xlabel="iteration", ylabel=r"$\|\theta_t - \theta_0\|_F$", title="Weight drift")
     ax.legend(fontsize=8)
     with_drift = [r for r in runs if r.drift]
-    modules = [m for m in ev.MODULES if any(m in r.last_drift()["per_module"] for r in with_drift)]
+    modules = [
+        m for m in analysis.MODULES if any(m in r.last_drift()["per_module"] for r in with_drift)
+    ]
     width = 0.8 / max(len(with_drift), 1)
     for i, run in enumerate(with_drift):
         last = run.last_drift()

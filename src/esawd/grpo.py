@@ -26,9 +26,7 @@ to an uninterrupted one on the same machine.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import time
 from typing import Any, NamedTuple
 
@@ -37,115 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from esawd import models, trainer
-from esawd.rundir import RunDir
-from esawd.trainer import ConfigError, EvalSettings, LogSettings, ModelSettings, TaskSettings
+from esawd import models, sampling, scoring
+from esawd.loop import Context
 from esawd.types import Params, PRNGKey
-
-# ---------------------------------------------------------------------------------------
-# Settings.
-# ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOSettings:
-    num_steps: int = 500
-    prompts_per_step: int = 200  # drawn from the task.num_train training prompts each step
-    group_size: int = 30  # n completions per prompt
-    temperature: float = 1.0
-    learning_rate: float = 1e-6
-    kl_coef: float = 1e-3  # beta
-    clip_eps: float = 0.2
-    mini_batch_size: int = 32  # prompts (groups) per optimizer update, as verl counts them
-    micro_batch_size: int = 8  # sequences per gradient computation (accumulated)
-    generate_batch_size: int = 256  # sequences per sampler call
-    weight_decay: float = 0.01  # AdamW's (towards 0, not theta_0)
-    max_grad_norm: float = 1.0  # global-norm clipping before AdamW (0: off)
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    adv_eps: float = 1e-6  # added to the group std
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    workdir: str
-    model: ModelSettings = ModelSettings()
-    task: TaskSettings = TaskSettings()
-    grpo: GRPOSettings = GRPOSettings()
-    eval: EvalSettings = EvalSettings()
-    checkpoint_interval: int = 50
-    checkpoint_max_to_keep: int | None = 3
-    log: LogSettings = LogSettings()
-    export: bool = True
-
-
-# Keys a resumed run may change. micro_batch_size changes only the summation order of the
-# accumulated gradients (float rounding); every other key must match config.json.
-RESUMABLE_CHANGES = (
-    "grpo.num_steps",
-    "grpo.micro_batch_size",
-    "eval.",
-    "log.",
-    "checkpoint",
-    "export",
-    "model.cache_dir",
-    "task.data_dir",
-)
-
-
-def check_settings(s: Settings) -> None:
-    """Refuse bad settings with an error naming the key, the value and the valid range."""
-    # Model, task, evaluation and checkpoint keys are the ES trainer's: its checks apply as is.
-    trainer.check_settings(
-        trainer.Settings(
-            workdir=s.workdir,
-            model=s.model,
-            task=s.task,
-            eval=s.eval,
-            checkpoint_interval=s.checkpoint_interval,
-        )
-    )
-    g = s.grpo
-
-    def bad(key: str, value: Any, valid: str) -> ConfigError:
-        return ConfigError(f"grpo.{key}={value!r} is invalid: {valid}.")
-
-    for key in ("num_steps", "prompts_per_step", "mini_batch_size", "micro_batch_size"):
-        if getattr(g, key) < 1:
-            raise bad(key, getattr(g, key), "must be >= 1")
-    if g.generate_batch_size < 1:
-        raise bad("generate_batch_size", g.generate_batch_size, "must be >= 1")
-    if g.group_size < 2:
-        raise bad("group_size", g.group_size, "need at least 2 completions per prompt")
-    if g.prompts_per_step > s.task.num_train:
-        raise bad(
-            "prompts_per_step",
-            g.prompts_per_step,
-            f"at most task.num_train={s.task.num_train} (raise task.num_train or lower this)",
-        )
-    if g.mini_batch_size > g.prompts_per_step:
-        raise bad("mini_batch_size", g.mini_batch_size, f"at most {g.prompts_per_step} prompts")
-    for key in ("temperature", "learning_rate", "adv_eps", "adam_eps"):
-        value = getattr(g, key)
-        if not (math.isfinite(value) and value > 0):
-            raise bad(key, value, "must be a positive finite number")
-    for key in ("kl_coef", "weight_decay", "max_grad_norm"):
-        value = getattr(g, key)
-        if not (math.isfinite(value) and value >= 0):
-            raise bad(key, value, "must be a finite number >= 0")
-    if not 0 < g.clip_eps < 1:
-        raise bad("clip_eps", g.clip_eps, "must lie in (0, 1)")
-    for key in ("adam_b1", "adam_b2"):
-        if not 0 <= getattr(g, key) < 1:
-            raise bad(key, getattr(g, key), "must lie in [0, 1)")
-
-
-def check_resumable(stored: dict[str, Any], current: dict[str, Any], *, workdir: str) -> None:
-    """Refuse to resume a GRPO run directory whose config differs in a key that matters."""
-    trainer.check_resumable(stored, current, workdir=workdir, resumable=RESUMABLE_CHANGES)
-
 
 # ---------------------------------------------------------------------------------------
 # The objective.
@@ -209,49 +101,6 @@ def policy_loss(
     return loss, aux
 
 
-def token_log_probs(
-    config: models.ModelConfig,
-    params: Params,
-    prompt_ids: jax.Array,
-    prompt_mask: jax.Array,
-    cont_ids: jax.Array,
-    cont_mask: jax.Array,
-    *,
-    chunk: int = 64,
-) -> jax.Array:
-    """Log-probabilities [B, C] of continuation tokens after left-padded prompts, 0 on padding.
-
-    Differentiable in `params` and traceable (no host checks): the training-time twin of
-    `sampling.sequence_log_probs`. Logits are formed `chunk` tokens at a time under
-    `jax.checkpoint`, so neither the forward nor the backward pass holds [B, C, V] at once.
-    """
-    B, P = prompt_ids.shape
-    C = cont_ids.shape[1]
-    chunk = min(chunk, C)
-    p = models.cast_params(params, config.dtype)  # the cast's gradient returns float32
-    ids = jnp.concatenate([prompt_ids, cont_ids], axis=1)  # [B, P+C]
-    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)  # [B, P+C]
-    h, _ = models.hidden_states(config, p, ids, models.positions_from_mask(mask), mask)
-    h = h[:, P - 1 : P + C - 1]  # [B, C, D]: the states that predict each continuation token
-    n = -(-C // chunk)
-    h = jnp.pad(h, ((0, 0), (0, n * chunk - C), (0, 0))).reshape(B, n, chunk, -1)
-    targets = jnp.pad(cont_ids, ((0, 0), (0, n * chunk - C))).reshape(B, n, chunk)
-
-    @jax.checkpoint
-    def score(args):
-        h_c, t_c = args  # [B, chunk, D], [B, chunk]
-        logits = models.logits_from_hidden(config, p, h_c)  # [B, chunk, V] float32
-        picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
-
-    lp = jax.lax.map(score, (h.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n, B, chunk]
-    lp = lp.swapaxes(0, 1).reshape(B, n * chunk)[:, :C]
-    return jnp.where(cont_mask, lp, 0.0)
-
-
-_log_probs_jit = jax.jit(token_log_probs, static_argnames=("config", "chunk"))
-
-
 @functools.partial(jax.jit, static_argnames="config", donate_argnums=3)
 def _accumulate_grad(
     config, params, ref_params, acc, prompt_ids, prompt_mask, tokens, mask, adv, old_logp,
@@ -260,9 +109,9 @@ def _accumulate_grad(
     """acc + the gradient of one micro-batch's share of the mini-batch loss, and its sums."""
 
     def loss_fn(p):
-        logp = token_log_probs(config, p, prompt_ids, prompt_mask, tokens, mask)
+        logp = sampling.token_log_probs(config, p, prompt_ids, prompt_mask, tokens, mask)
         ref = jax.lax.stop_gradient(
-            token_log_probs(config, ref_params, prompt_ids, prompt_mask, tokens, mask)
+            sampling.token_log_probs(config, ref_params, prompt_ids, prompt_mask, tokens, mask)
         )
         # On-policy (first mini-batch of a step): pi_old is the current policy itself.
         old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
@@ -327,8 +176,6 @@ def rollout(
     Sequences are generated `batch_size` at a time (the last call padded to the same shape);
     call b samples with fold_in(key, b).
     """
-    from esawd import sampling
-
     ids = np.repeat(np.asarray(prompt_ids), group_size, axis=0)  # [P*n, T]
     mask = np.repeat(np.asarray(prompt_mask), group_size, axis=0)
     batch_size = min(batch_size, len(ids))
@@ -384,7 +231,9 @@ def old_log_probs(
     out = []
     for idx, valid in _padded_chunks(rows, micro_batch_size):
         mb = batch.take(idx, valid)
-        lp = _log_probs_jit(config, params, mb.prompt_ids, mb.prompt_mask, mb.tokens, mb.mask)
+        lp = sampling.log_probs_jit(
+            config, params, mb.prompt_ids, mb.prompt_mask, mb.tokens, mb.mask
+        )
         out.append(np.asarray(lp)[valid])
     return np.concatenate(out)
 
@@ -466,127 +315,60 @@ def step_prompts(num_train: int, *, prompts_per_step: int, seed: int, step: int)
 
 
 # ---------------------------------------------------------------------------------------
-# The run directory: parameters and optimizer state in one atomic checkpoint.
+# The method's parts for the shared loop.
 # ---------------------------------------------------------------------------------------
 
 
-class GRPORunDir(RunDir):
-    """`RunDir` whose checkpoints also hold the optimizer state, as a separate Orbax item.
-
-    The `params` and `meta` items are the ES trainer's, so `RunDir.restore` (and every tool
-    built on it) reads GRPO checkpoints unchanged.
-    """
-
-    def save_state(self, step: int, params: Params, opt_state: Any, meta: dict) -> None:
-        """A checkpoint of parameters, optimizer state and `meta`, finished before returning."""
-        self.save(step, params, meta, extra={"opt_state": opt_state})
-
-    def restore_state(self, step: int, params: Params, opt_state: Any) -> tuple[Params, Any, dict]:
-        """Parameters, optimizer state (placed like the given ones) and meta at `step`."""
-        params, meta, extra = self.restore(step, params, extra_like={"opt_state": opt_state})
-        return params, extra["opt_state"], meta
-
-
-# ---------------------------------------------------------------------------------------
-# The loop.
-# ---------------------------------------------------------------------------------------
-
-
-def _reward_stats(scores: dict[str, np.ndarray], group_size: int) -> dict[str, float]:
+def reward_metrics(scores: dict[str, np.ndarray], group_size: int) -> dict[str, float]:
+    """`scoring.reward_metrics` and the fraction of groups whose rewards are all equal (zero
+    advantage: no learning signal)."""
     r = scores["reward"]
-    return {
-        "reward_mean": float(r.mean()),
-        "reward_std": float(r.std()),
-        "reward_min": float(r.min()),
-        "reward_max": float(r.max()),
-        "format_reward": float(scores["format_reward"].mean()),
-        "answer_reward": float(scores["answer_reward"].mean()),
-        "accuracy": float(scores["accuracy"].mean()),
-        "tokens_mean": float(scores["tokens"].mean()),
-        "tokens_max": float(scores["tokens"].max()),
-        # groups whose rewards are all equal have zero advantage: no learning signal
-        "zero_std_groups": float((r.reshape(-1, group_size).std(axis=1) == 0).mean()),
-    }
+    zero_std = float((r.reshape(-1, group_size).std(axis=1) == 0).mean())
+    return {**scoring.reward_metrics(scores), "zero_std_groups": zero_std}
 
 
-def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
-    """Run (or resume) GRPO as `s` says; returns the final parameters."""
-    from tqdm.auto import tqdm
+class GRPOMethod:
+    """GRPO: the state is theta_t and AdamW's moments; theta_0 (the KL reference) stays on the
+    device. One process, one device."""
 
-    from esawd import tasks
+    label, unit = "GRPO", "st"
 
-    # ---- checks, before anything heavy is loaded
-    config_dict = dataclasses.asdict(s) if config_dict is None else config_dict
-    check_settings(s)
-    g = s.grpo
-    run = GRPORunDir(s.workdir, max_to_keep=s.checkpoint_max_to_keep)
-    stored = run.read_config()
-    if stored is not None:
-        check_resumable(stored, config_dict, workdir=s.workdir)
-    task = tasks.get_task(s.task.name)
-    train_examples, eval_examples = trainer.load_examples(
-        s.task, eval_size=s.eval.num_examples, seed=g.seed
-    )
-    run.write_config(config_dict)
-
-    # ---- model, prompts, optimizer
-    model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
-    config, tokenizer = model.config, model.tokenizer
-    prompts = trainer.encode(task, train_examples, tokenizer)  # [num_train, T]
-    optimizer = make_optimizer(
-        learning_rate=g.learning_rate, weight_decay=g.weight_decay,
-        max_grad_norm=g.max_grad_norm, b1=g.adam_b1, b2=g.adam_b2, eps=g.adam_eps,
-    )  # fmt: skip
-    apply_fn = make_apply_fn(optimizer)
-
-    # ---- state: theta_0 (the reference model) from disk; theta_t and AdamW's moments from
-    # the latest checkpoint
-    if not run.has_anchor():
-        run.save_anchor(model.params)
-    ref_params = jax.device_put(run.restore_anchor_numpy(model.params))
-    params = jax.device_put(model.params)
-    opt_state = optimizer.init(params)
-    del model
-    start = run.latest_step() or 0
-    if start:
-        params, opt_state, meta = run.restore_state(start, params, opt_state)
-        if meta.get("grpo_seed") != g.seed:
-            raise ConfigError(f"checkpoint {start} was made with grpo.seed={meta.get('grpo_seed')}")
-    run.metrics.truncate_after(start)
-    logs = trainer.Loggers(run, s.log, config_dict)
-    bar = tqdm(total=g.num_steps, initial=start, disable=not s.log.progress, desc="GRPO", unit="st")
-    root_key = jax.random.key(g.seed)
-
-    def evaluate() -> dict[str, float]:
-        t0 = time.perf_counter()
-        m = trainer.evaluate_params(
-            config, params, tokenizer, task, eval_examples,
-            max_new_tokens=s.task.max_new_tokens, batch_size=s.eval.batch_size,
+    def __init__(self, s):
+        self.g, self.s = s.grpo, s
+        self.num_steps = s.grpo.num_steps
+        self.seed_meta, self.data_seed = {"grpo_seed": s.grpo.seed}, s.grpo.seed
+        g = s.grpo
+        self.optimizer = make_optimizer(
+            learning_rate=g.learning_rate, weight_decay=g.weight_decay,
+            max_grad_norm=g.max_grad_norm, b1=g.adam_b1, b2=g.adam_b2, eps=g.adam_eps,
         )  # fmt: skip
-        return {**{f"eval/{k}": v for k, v in m.items()}, "time/eval": time.perf_counter() - t0}
+        self.apply_fn = make_apply_fn(self.optimizer)
+        self.root_key = jax.random.key(g.seed)
 
-    if start == 0 and s.eval.num_examples and s.eval.interval:
-        logs.write(0, {**evaluate(), "drift_norm": 0.0})
+    def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]:
+        self.ref_params = jax.device_put(theta0)
+        params = jax.device_put(model.params)
+        return {"params": params, "opt_state": self.optimizer.init(params)}
 
-    # ---- the loop
-    checkpoint_seconds = None
-    for t in range(start + 1, g.num_steps + 1):
+    def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]:
+        g, prompts = self.g, ctx.prompts
         t_step = time.perf_counter()
-        idx = step_prompts(len(train_examples), prompts_per_step=g.prompts_per_step,
+        idx = step_prompts(len(ctx.train_examples), prompts_per_step=g.prompts_per_step,
                            seed=g.seed, step=t)  # fmt: skip
         tokens, lengths = rollout(
-            config, params, prompts.ids[idx], prompts.mask[idx], jax.random.fold_in(root_key, t),
-            group_size=g.group_size, max_new_tokens=s.task.max_new_tokens,
-            temperature=g.temperature, batch_size=g.generate_batch_size,
+            ctx.config, state["params"], prompts.ids[idx], prompts.mask[idx],
+            jax.random.fold_in(self.root_key, t), group_size=g.group_size,
+            max_new_tokens=self.s.task.max_new_tokens, temperature=g.temperature,
+            batch_size=g.generate_batch_size,
         )  # fmt: skip
         t_rollout = time.perf_counter()
-        examples = [train_examples[i] for i in idx for _ in range(g.group_size)]
-        scores = trainer.score(task, tokenizer, tokens, lengths, examples)
+        examples = [ctx.train_examples[i] for i in idx for _ in range(g.group_size)]
+        scores = scoring.score(ctx.task, ctx.tokenizer, tokens, lengths, examples)
         t_score = time.perf_counter()
         if not np.all(np.isfinite(scores["reward"])):
             raise FloatingPointError(
                 f"step {t}: non-finite rewards; the last good checkpoint "
-                f"({run.latest_step()}) is intact."
+                f"({ctx.run.latest_step()}) is intact."
             )
         adv = group_advantages(scores["reward"].reshape(-1, g.group_size), eps=g.adv_eps)
         # Completions are scored up to the longest one (rounded to 64 tokens to bound the
@@ -600,8 +382,8 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
             np.asarray(adv, np.float32).reshape(-1),
         )
         params, opt_state, upd = update(
-            config, params, opt_state, ref_params, batch, apply_fn=apply_fn,
-            mini_batch_rows=g.mini_batch_size * g.group_size,
+            ctx.config, state["params"], state["opt_state"], self.ref_params, batch,
+            apply_fn=self.apply_fn, mini_batch_rows=g.mini_batch_size * g.group_size,
             micro_batch_size=g.micro_batch_size, clip_eps=g.clip_eps, kl_coef=g.kl_coef,
         )  # fmt: skip
         finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params))
@@ -609,37 +391,17 @@ def train(s: Settings, *, config_dict: dict[str, Any] | None = None) -> Params:
         if not finite:
             raise FloatingPointError(
                 f"step {t}: the update produced non-finite parameters; the last good "
-                f"checkpoint ({run.latest_step()}) is intact."
+                f"checkpoint ({ctx.run.latest_step()}) is intact."
             )
         metrics = {
             **upd,
-            **_reward_stats(scores, g.group_size),
-            "drift_norm": drift_norm(params, ref_params),
+            **reward_metrics(scores, g.group_size),
+            "drift_norm": drift_norm(params, self.ref_params),
             "time/rollout": t_rollout - t_step,  # sampling n completions per prompt
             "time/score": t_score - t_rollout,  # host decoding + rewards
             "time/update": t_update - t_score,  # pi_old, gradients, AdamW
         }
-        if s.eval.num_examples and (
-            (s.eval.interval and t % s.eval.interval == 0) or t == g.num_steps
-        ):
-            metrics.update(evaluate())
-        metrics["time/iteration"] = time.perf_counter() - t_step
-        if checkpoint_seconds is not None:  # the checkpoint saved after the previous row
-            metrics["time/last_checkpoint"], checkpoint_seconds = checkpoint_seconds, None
-        # The row goes first: a crash after it but before the checkpoint resumes from the
-        # previous checkpoint and writes this row again; one after the checkpoint has it.
-        logs.write(t, metrics)
-        if t % s.checkpoint_interval == 0 or t == g.num_steps:
-            t0 = time.perf_counter()
-            run.save_state(t, params, opt_state, {"iteration": t, "grpo_seed": g.seed})
-            checkpoint_seconds = time.perf_counter() - t0
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.2e}")
-        bar.update(1)
-    bar.close()
+        return {"params": params, "opt_state": opt_state}, metrics
 
-    # ---- export
-    if s.export and not (start == g.num_steps and run.final_dir.exists()):
-        models.export(models.Model(config, jax.device_get(params), tokenizer), run.final_dir)
-    logs.close()
-    run.close()
-    return params
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, str]:
+        return {"reward": f"{metrics['reward_mean']:.3f}", "kl": f"{metrics['kl']:.2e}"}

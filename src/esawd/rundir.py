@@ -9,15 +9,19 @@
       tensorboard/          TensorBoard event files
       final/                the tuned model as a Hugging Face directory (safetensors)
       forgetting.jsonl, kl.jsonl, weight_drift.jsonl, kl_samples/, evaluate.json
-                            written by `python -m experiments.evaluate` (esawd.eval)
+                            written by `python -m experiments.evaluate` (esawd.analysis)
 
 Crash safety. Orbax finalises a checkpoint by renaming its temporary directory, so a
 checkpoint that was being written when the process died is never listed. JSONL rows past the
-restored checkpoint are dropped on resume, because those iterations are run again.
+restored checkpoint are dropped on resume, because those iterations are run again. Files that
+are rewritten rather than appended (config.json, a truncated JSONL log) go to a temporary file
+that is flushed and fsynced before `os.replace` puts it in place, and the directory is fsynced
+after, so a crash leaves either the old file or the new one, never an empty or partial one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -57,6 +61,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def replace_file(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` by `text` atomically and durably: write, fsync, rename, fsync the dir."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The rename is durable once the directory entry is on disk. Some platforms and file
+    # systems cannot open or fsync a directory; the file's own contents are safe by now.
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _abstract(tree: Any) -> Any:
     """Shape/dtype/sharding targets for an Orbax restore (numpy leaves: the first device)."""
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -86,9 +109,7 @@ class JsonlLog:
     def truncate_after(self, iteration: int) -> None:
         """Drop rows of iterations after `iteration` (they are about to be run again)."""
         keep = [r for r in self.rows() if r.get("iteration", 0) <= iteration]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        replace_file(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows())
@@ -123,9 +144,7 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Store the run's config (atomically)."""
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.config_path)
+        replace_file(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     # ----- anchor --------------------------------------------------------------------------
 

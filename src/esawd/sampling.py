@@ -272,29 +272,48 @@ def generate(
 # ------------------------------------------------------------------------------ scoring
 
 
-@functools.partial(jax.jit, static_argnames=("config", "chunk"))
-def _log_probs(config, params, prompt_ids, prompt_mask, cont_ids, cont_mask, *, chunk):
+def token_log_probs(
+    config: ModelConfig,
+    params: Params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    cont_ids: jax.Array,
+    cont_mask: jax.Array,
+    *,
+    chunk: int = 64,
+) -> jax.Array:
+    """Log-probabilities [B, C] of continuation tokens after left-padded prompts, 0 on padding.
+
+    Differentiable in `params` and traceable (no host checks; `sequence_log_probs` is the
+    checked entry point, GRPO's loss differentiates this). Logits are formed `chunk` tokens at
+    a time under `jax.checkpoint`, so neither the forward nor the backward pass holds
+    [B, C, V] at once.
+    """
     B, P = prompt_ids.shape
     C = cont_ids.shape[1]
-    params = cast_params(params, config.dtype)
+    chunk = min(chunk, C)
+    p = cast_params(params, config.dtype)  # the cast's gradient returns float32
     ids = jnp.concatenate([prompt_ids, cont_ids], axis=1)  # [B, P+C]
-    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1)  # [B, P+C]
-    h, _ = hidden_states(config, params, ids, positions_from_mask(mask), mask)
+    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)  # [B, P+C]
+    h, _ = hidden_states(config, p, ids, positions_from_mask(mask), mask)
     h = h[:, P - 1 : P + C - 1]  # [B, C, D]: the states that predict each continuation token
-    # Score `chunk` continuation tokens at a time so [B, C, V] logits never exist at once.
     n = -(-C // chunk)
     h = jnp.pad(h, ((0, 0), (0, n * chunk - C), (0, 0))).reshape(B, n, chunk, -1)
     targets = jnp.pad(cont_ids, ((0, 0), (0, n * chunk - C))).reshape(B, n, chunk)
 
+    @jax.checkpoint
     def score(args):
         h_c, t_c = args  # [B, chunk, D], [B, chunk]
-        logits = logits_from_hidden(config, params, h_c)  # [B, chunk, V]
+        logits = logits_from_hidden(config, p, h_c)  # [B, chunk, V] float32
         picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
         return picked - jax.nn.logsumexp(logits, axis=-1)
 
     lp = jax.lax.map(score, (h.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n, B, chunk]
     lp = lp.swapaxes(0, 1).reshape(B, n * chunk)[:, :C]
     return jnp.where(cont_mask, lp, 0.0)
+
+
+log_probs_jit = jax.jit(token_log_probs, static_argnames=("config", "chunk"))
 
 
 def sequence_log_probs(
@@ -326,7 +345,7 @@ def sequence_log_probs(
             f"prompt + continuation of {total} tokens exceeds the context of "
             f"{config.max_position} tokens"
         )
-    return _log_probs(
+    return log_probs_jit(
         config, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(mask),
         jnp.asarray(cont_ids, jnp.int32), jnp.asarray(cont_mask),
         chunk=min(chunk, cont_mask.shape[1]),

@@ -79,7 +79,7 @@ def run_random_walk(
         seeds = es.iteration_seeds(base_seed=seed, iteration=t, population_size=population_size)
         rewards = es.evaluate_population(fitness, params, seeds, sigma=sigma)
         coeffs = es.normalize_rewards(rewards)
-        params = es.es_step(
+        params, _ = es.es_step(
             params,
             anchor,
             seeds,

@@ -5,8 +5,10 @@ ARC-Challenge, MMLU-Pro), with prompts and rewards that mean what the reference'
 
     task = get_task("countdown")
     examples = task.load("test", data_dir="../shared/data")   # or task.generate(64, seed=0)
-    batch = encode_prompts([task.messages(e) for e in examples[:8]], tokenizer)
     task.reward(completion, examples[0])  # {"reward", "format_reward", "answer_reward"}
+
+Nothing here imports JAX or Flax; tokenizing prompts into batches for the sampler is
+`esawd.prompts.encode_prompts`.
 
 See docs/tasks.md for each task's prompt, reward and the few places we differ from the
 reference.
@@ -26,7 +28,6 @@ from esawd.tasks.hellaswag import HellaSwag
 from esawd.tasks.mmlu_pro import MMLUPro
 from esawd.tasks.piqa import PIQA
 from esawd.tasks.proofwriter import ProofWriter
-from esawd.tasks.tokenize import PromptBatch, encode_prompts, prompt_token_ids
 
 __all__ = [
     "EVAL_SUBSET_SEED",
@@ -36,13 +37,10 @@ __all__ = [
     "TASK_NAMES",
     "Example",
     "Message",
-    "PromptBatch",
     "Reward",
     "Task",
-    "encode_prompts",
     "eval_subset",
     "get_task",
-    "prompt_token_ids",
 ]
 
 _TASKS: dict[str, Task] = {

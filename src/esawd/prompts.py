@@ -1,5 +1,10 @@
 """Chat-template tokenization of task prompts into left-padded batches for the sampler.
 
+Kept out of `esawd.tasks` so that rewards, data loading and prompt rendering import no JAX:
+this module needs the tokenizer helpers of `esawd.models` and `esawd.sampling.left_pad`.
+
+    batch = encode_prompts([task.messages(e) for e in examples[:8]], tokenizer)  # ids, mask
+
 The reference (`kschweig/es-awd`, `tasks/*/data.py`) renders each prompt with
 `tokenizer.apply_chat_template` (continuing the assistant prefill where there is one) and
 tokenizes the text. Here the tokens come from `apply_chat_template(..., tokenize=True)`, which
@@ -17,7 +22,7 @@ import numpy as np
 
 from esawd.models.tokenizer import chat_ids
 from esawd.sampling import left_pad
-from esawd.tasks.base import Message
+from esawd.tasks import Message
 
 
 class PromptBatch(NamedTuple):

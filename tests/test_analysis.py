@@ -1,4 +1,4 @@
-"""The forgetting analysis (esawd.eval, experiments.evaluate) on tiny ES and GRPO runs."""
+"""The forgetting analysis (esawd.analysis, experiments.evaluate) on tiny ES and GRPO runs."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import pytest
 from tiny_model import assert_bitwise, tiny_config, tiny_train, write_tiny_model
 from trainer_driver import patch_reward
 
-import esawd.eval as ev
-from esawd import models, sampling, tasks, trainer
+from esawd import analysis, models, prompts, sampling, scoring, tasks
+from esawd.es import method as es_method
 from esawd.rundir import RunDir, read_jsonl
 from esawd.tasks.piqa import PIQA
 from experiments import evaluate as evaluate_cli
@@ -82,7 +82,7 @@ def settings(**overrides):
         kl_prompts=5,
         kl_max_new_tokens=7,
     )
-    return ev.AnalysisSettings(**{**base, **overrides})
+    return analysis.AnalysisSettings(**{**base, **overrides})
 
 
 def copy_run(src, dst):
@@ -124,7 +124,7 @@ def test_weight_drift_matches_numpy():
     theta = {
         p: (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32) for p, x in theta0.items()
     }
-    got = ev.weight_drift(jax.device_put(tree(theta)), jax.device_put(tree(theta0)))
+    got = analysis.weight_drift(jax.device_put(tree(theta)), jax.device_put(tree(theta0)))
 
     diffs = {p: theta[p].astype(np.float64) - theta0[p].astype(np.float64) for p in shapes}
     flat = np.concatenate([d.ravel() for d in diffs.values()])
@@ -160,7 +160,7 @@ def tiny(tiny_dir):
 def kl_samples(tiny):
     task = tasks.get_task("countdown")
     examples = task.generate(5, seed=3)
-    return ev.sample_base(
+    return analysis.sample_base(
         tiny.config, tiny.params, tiny.tokenizer, task, examples,
         max_new_tokens=9, seed=0, batch_size=3,
     )  # fmt: skip
@@ -181,8 +181,8 @@ def numpy_log_probs(config, params, ids, mask, tokens, cont_mask):
 def test_kl_of_a_model_with_itself_is_exactly_zero(tiny):
     smp = kl_samples(tiny)
     assert sum(int(n.sum()) for n in smp.lengths) > 0
-    logp = [ev.log_probs(tiny.config, tiny.params, smp, b) for b in range(len(smp.tokens))]
-    got = ev.kl_divergence(smp, logp)
+    logp = [analysis.log_probs(tiny.config, tiny.params, smp, b) for b in range(len(smp.tokens))]
+    got = analysis.kl_divergence(smp, logp)
     assert got["kl"] == 0.0 and got["kl_prompt_avg"] == 0.0
     assert got["num_prompts"] == 5
 
@@ -193,8 +193,8 @@ def test_kl_of_two_models_is_positive_and_matches_numpy(tiny):
     tuned = jax.tree.map(
         lambda x: x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype), tiny.params
     )
-    logp = [ev.log_probs(tiny.config, tuned, smp, b) for b in range(len(smp.tokens))]
-    got = ev.kl_divergence(smp, logp)
+    logp = [analysis.log_probs(tiny.config, tuned, smp, b) for b in range(len(smp.tokens))]
+    got = analysis.kl_divergence(smp, logp)
 
     diff, per_prompt = [], []
     for b in range(len(smp.tokens)):
@@ -215,7 +215,7 @@ def test_kl_of_two_models_is_positive_and_matches_numpy(tiny):
 def test_kl_samples_round_trip_through_the_cache(tiny, tmp_path):
     smp = kl_samples(tiny)
     smp.save(tmp_path / "s.npz", {"num_batches": len(smp.tokens), "task": "countdown"})
-    back, meta = ev.KLSamples.load(tmp_path / "s.npz")
+    back, meta = analysis.KLSamples.load(tmp_path / "s.npz")
     assert meta["task"] == "countdown"
     for name in ("ids", "mask", "tokens", "lengths", "base_logp"):
         for a, b in zip(getattr(smp, name), getattr(back, name), strict=True):
@@ -230,13 +230,13 @@ def test_kl_samples_round_trip_through_the_cache(tiny, tmp_path):
 def test_replayed_theta_equals_the_checkpoint(es_run, tiny_dir):
     run = RunDir(es_run, max_to_keep=None)
     theta0 = jax.device_put(run.restore_anchor_numpy(models.load(tiny_dir).params))
-    thetas = ev.Thetas(run, theta0, method="es")
+    thetas = analysis.Thetas(run, theta0, method="es")
     assert thetas.steps == [2, 4]
     assert thetas.available() == [0, 1, 2, 3, 4]
     thetas.steps = []  # force replay from theta_0 and the ES log alone
     for t in (2, 4):
         assert_bitwise(thetas.get(t), run.restore(t, theta0)[0])
-    thetas = ev.Thetas(run, theta0, method="es")
+    thetas = analysis.Thetas(run, theta0, method="es")
     thetas.steps = [2]  # iteration 4 replayed on top of checkpoint 2
     thetas.get(3)
     assert_bitwise(thetas.get(4), run.restore(4, theta0)[0])
@@ -245,11 +245,11 @@ def test_replayed_theta_equals_the_checkpoint(es_run, tiny_dir):
 
 def test_select_iterations():
     avail = list(range(11))
-    assert ev.select_iterations(avail, [5, 10], stride=0, explicit=()) == [0, 5, 10]
-    assert ev.select_iterations(avail, [10], stride=4, explicit=()) == [0, 4, 8, 10]
-    assert ev.select_iterations(avail, [10], stride=0, explicit=(3, 1)) == [1, 3]
-    with pytest.raises(ev.EvaluationError, match=r"iterations \[12\].*0\.\.10"):
-        ev.select_iterations(avail, [10], stride=0, explicit=(12,))
+    assert analysis.select_iterations(avail, [5, 10], stride=0, explicit=()) == [0, 5, 10]
+    assert analysis.select_iterations(avail, [10], stride=4, explicit=()) == [0, 4, 8, 10]
+    assert analysis.select_iterations(avail, [10], stride=0, explicit=(3, 1)) == [1, 3]
+    with pytest.raises(analysis.AnalysisError, match=r"iterations \[12\].*0\.\.10"):
+        analysis.select_iterations(avail, [10], stride=0, explicit=(12,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,19 +260,19 @@ def test_select_iterations():
 def test_forgetting_row_equals_accuracy_computed_by_hand(es_run, tiny_dir, data_dir, tmp_path):
     workdir = copy_run(es_run, tmp_path / "run")
     s = settings(tasks=("piqa",), iterations=(3,), kl=False, drift=False, data_dir=str(data_dir))
-    rows = ev.evaluate_run(workdir, s, progress=False)[ev.FORGETTING_FILE]
+    rows = analysis.analyze_run(workdir, s, progress=False)[analysis.FORGETTING_FILE]
     (row,) = rows
     assert (row["iteration"], row["task"], row["num_examples"]) == (3, "piqa", 6)
 
     # By hand: theta_3 by replay, the same seeded subset, one example at a time.
     model = models.load(tiny_dir)
     run = RunDir(workdir, max_to_keep=None)
-    theta3 = trainer.replay(model.params, run.es_log.rows(), upto=3)
+    theta3 = es_method.replay(model.params, run.es_log.rows(), upto=3)
     task = tasks.get_task("piqa")
     examples = tasks.eval_subset(task.load("validation", data_dir), size=6)
     correct, formatted = [], []
     for ex in examples:
-        batch = tasks.encode_prompts([task.messages(ex)], model.tokenizer)
+        batch = prompts.encode_prompts([task.messages(ex)], model.tokenizer)
         tokens, n = sampling.generate(model.config, theta3, batch.ids, batch.mask, max_new_tokens=5)
         text = model.tokenizer.decode(np.asarray(tokens)[0, : int(n[0])], skip_special_tokens=True)
         code = sum(map(ord, text)) + int(ex["answer"])
@@ -283,16 +283,16 @@ def test_forgetting_row_equals_accuracy_computed_by_hand(es_run, tiny_dir, data_
     assert row["format_rate"] == pytest.approx(np.mean(formatted))
 
 
-def test_evaluate_run_writes_every_file_and_resumes(es_run, data_dir, tmp_path):
+def test_analyze_run_writes_every_file_and_resumes(es_run, data_dir, tmp_path):
     workdir = copy_run(es_run, tmp_path / "run")
     s = settings(data_dir=str(data_dir), stride=3, tasks=("countdown",))
-    out = ev.evaluate_run(workdir, s, progress=False)
+    out = analysis.analyze_run(workdir, s, progress=False)
     its = [0, 3, 4]  # 0, multiples of the stride, the last
-    assert [r["iteration"] for r in out[ev.FORGETTING_FILE]] == its
-    assert [r["iteration"] for r in out[ev.KL_FILE]] == its
-    assert [r["iteration"] for r in out[ev.DRIFT_FILE]] == its
-    kl = {r["iteration"]: r["kl"] for r in out[ev.KL_FILE]}
-    drift = {r["iteration"]: r for r in out[ev.DRIFT_FILE]}
+    assert [r["iteration"] for r in out[analysis.FORGETTING_FILE]] == its
+    assert [r["iteration"] for r in out[analysis.KL_FILE]] == its
+    assert [r["iteration"] for r in out[analysis.DRIFT_FILE]] == its
+    kl = {r["iteration"]: r["kl"] for r in out[analysis.KL_FILE]}
+    drift = {r["iteration"]: r for r in out[analysis.DRIFT_FILE]}
     assert kl[0] == 0.0 and kl[3] > 0 and kl[4] > 0
     assert drift[0]["frobenius"] == 0.0 and drift[4]["frobenius"] > 0
     assert drift[4]["per_module"].keys() == {
@@ -305,26 +305,28 @@ def test_evaluate_run_writes_every_file_and_resumes(es_run, data_dir, tmp_path):
         "norms",
     }
     assert len(drift[4]["per_layer"]) == 2
-    assert (tmp_path / "run" / ev.SAMPLES_DIR / "countdown.npz").exists()
+    assert (tmp_path / "run" / analysis.SAMPLES_DIR / "countdown.npz").exists()
 
     # Again: nothing to do. With a second task: only its rows are added, to every iteration.
-    before = (tmp_path / "run" / ev.FORGETTING_FILE).read_text()
-    ev.evaluate_run(workdir, s, progress=False)
-    assert (tmp_path / "run" / ev.FORGETTING_FILE).read_text() == before
+    before = (tmp_path / "run" / analysis.FORGETTING_FILE).read_text()
+    analysis.analyze_run(workdir, s, progress=False)
+    assert (tmp_path / "run" / analysis.FORGETTING_FILE).read_text() == before
     s2 = settings(data_dir=str(data_dir), stride=3, tasks=("countdown", "piqa"), kl=False)
-    rows = ev.evaluate_run(workdir, s2, progress=False)[ev.FORGETTING_FILE]
+    rows = analysis.analyze_run(workdir, s2, progress=False)[analysis.FORGETTING_FILE]
     assert [(r["iteration"], r["task"]) for r in rows[3:]] == [(t, "piqa") for t in its]
-    assert len(read_jsonl(tmp_path / "run" / ev.KL_FILE)) == 3
+    assert len(read_jsonl(tmp_path / "run" / analysis.KL_FILE)) == 3
 
     # Changed settings would mix rows of different meaning: refused, with the fix.
-    with pytest.raises(ev.EvaluationError, match="num_examples=6, now 7.*--fresh"):
-        ev.evaluate_run(workdir, settings(num_examples=7, data_dir=str(data_dir)), progress=False)
+    with pytest.raises(analysis.AnalysisError, match="num_examples=6, now 7.*--fresh"):
+        analysis.analyze_run(
+            workdir, settings(num_examples=7, data_dir=str(data_dir)), progress=False
+        )
 
 
 def test_a_crash_loses_at_most_the_item_it_was_on(es_run, tmp_path, monkeypatch):
     workdir = copy_run(es_run, tmp_path / "run")
     calls = []
-    real = trainer.evaluate_params
+    real = scoring.heldout_accuracy
 
     def dies_on_the_second(*args, **kwargs):
         calls.append(1)
@@ -332,41 +334,41 @@ def test_a_crash_loses_at_most_the_item_it_was_on(es_run, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_params", dies_on_the_second)
+    monkeypatch.setattr(scoring, "heldout_accuracy", dies_on_the_second)
     s = settings(tasks=("countdown",), kl=False, iterations=(0, 2))
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate_run(workdir, s, progress=False)
-    assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / ev.FORGETTING_FILE)] == [0]
-    monkeypatch.setattr(trainer, "evaluate_params", real)
-    out = ev.evaluate_run(workdir, s, progress=False)
-    assert [r["iteration"] for r in out[ev.FORGETTING_FILE]] == [0, 2]
+        analysis.analyze_run(workdir, s, progress=False)
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / analysis.FORGETTING_FILE)] == [0]
+    monkeypatch.setattr(scoring, "heldout_accuracy", real)
+    out = analysis.analyze_run(workdir, s, progress=False)
+    assert [r["iteration"] for r in out[analysis.FORGETTING_FILE]] == [0, 2]
 
 
 def test_grpo_runs_are_evaluated_at_their_checkpoints(tmp_path, tiny_dir):
     c = tiny_config(tmp_path / "grpo", tiny_dir, method="grpo", **{"eval.num_examples": 0})
     params = tiny_train(c)
     s = settings(tasks=("countdown",), kl_prompts=3)
-    out = ev.evaluate_run(c.workdir, s, progress=False)
-    assert [r["iteration"] for r in out[ev.DRIFT_FILE]] == [0, 1, 2]
+    out = analysis.analyze_run(c.workdir, s, progress=False)
+    assert [r["iteration"] for r in out[analysis.DRIFT_FILE]] == [0, 1, 2]
     theta0 = models.load(tiny_dir).params
-    want = ev.weight_drift(params, theta0)["frobenius"]
-    assert out[ev.DRIFT_FILE][-1]["frobenius"] == pytest.approx(want, rel=1e-12)
-    assert ev.run_label(ev.read_run_config(c.workdir)) == "GRPO"
-    thetas = ev.Thetas(RunDir(c.workdir, max_to_keep=None), theta0, method="grpo")
+    want = analysis.weight_drift(params, theta0)["frobenius"]
+    assert out[analysis.DRIFT_FILE][-1]["frobenius"] == pytest.approx(want, rel=1e-12)
+    assert analysis.run_label(analysis.read_run_config(c.workdir)) == "GRPO"
+    thetas = analysis.Thetas(RunDir(c.workdir, max_to_keep=None), theta0, method="grpo")
     thetas.steps = [2]
-    with pytest.raises(ev.EvaluationError, match="no checkpoint at iteration 1"):
+    with pytest.raises(analysis.AnalysisError, match="no checkpoint at iteration 1"):
         thetas.get(1)
 
 
 def test_bad_settings_and_folders_are_refused(tmp_path):
-    with pytest.raises(ev.EvaluationError, match="tasks='piqa,nope' is invalid"):
-        ev.check_analysis_settings(settings(tasks=("piqa", "nope")))
-    with pytest.raises(ev.EvaluationError, match="stride=-1"):
-        ev.check_analysis_settings(settings(stride=-1))
-    with pytest.raises(ev.EvaluationError, match="no value for 'piqa'"):
-        ev.check_analysis_settings(settings(max_new_tokens={"countdown": 4}))
-    with pytest.raises(ev.EvaluationError, match="not a run directory"):
-        ev.evaluate_run(tmp_path, settings(), progress=False)
+    with pytest.raises(analysis.AnalysisError, match="tasks='piqa,nope' is invalid"):
+        analysis.check_analysis_settings(settings(tasks=("piqa", "nope")))
+    with pytest.raises(analysis.AnalysisError, match="stride=-1"):
+        analysis.check_analysis_settings(settings(stride=-1))
+    with pytest.raises(analysis.AnalysisError, match="no value for 'piqa'"):
+        analysis.check_analysis_settings(settings(max_new_tokens={"countdown": 4}))
+    with pytest.raises(analysis.AnalysisError, match="not a run directory"):
+        analysis.analyze_run(tmp_path, settings(), progress=False)
 
 
 def test_command_line(es_run, data_dir, tmp_path, capsys):
@@ -376,11 +378,11 @@ def test_command_line(es_run, data_dir, tmp_path, capsys):
         "--num_examples", "4", "--max_new_tokens", "target=5,default=3", "--iterations", "0,4",
         "--batch_size", "4", "--kl_prompts", "2", "--kl_max_new_tokens", "4", "--no_progress",
     ])  # fmt: skip
-    rows = read_jsonl(tmp_path / "run" / ev.FORGETTING_FILE)
+    rows = read_jsonl(tmp_path / "run" / analysis.FORGETTING_FILE)
     assert [(r["iteration"], r["task"]) for r in rows] == [
         (0, "countdown"), (0, "piqa"), (4, "countdown"), (4, "piqa")
     ]  # fmt: skip
-    stored = json.loads((tmp_path / "run" / ev.SETTINGS_FILE).read_text())
+    stored = json.loads((tmp_path / "run" / analysis.SETTINGS_FILE).read_text())
     assert stored["max_new_tokens"] == {"countdown": 5, "piqa": 3}
     assert "ES+AWD L2 lam=2 N=4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=re.escape("no value for piqa")):

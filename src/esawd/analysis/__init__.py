@@ -1,0 +1,61 @@
+"""The forgetting analysis of run directories (paper Sec. 5): task accuracy, KL(base || tuned)
+and weight drift of theta_t over training, for ES, ES + AWD and GRPO runs alike.
+
+    from esawd import analysis
+    analysis.analyze_run("runs/x", analysis.AnalysisSettings(tasks=("piqa",), data_dir=DATA))
+
+`python -m experiments.evaluate` is the command line. The parts, each usable alone:
+`forgetting` (settings, task examples, `analyze_run`), `thetas` (theta_t from checkpoints or
+ES replay), `drift` (weight drift) and `kl` (KL on the base model's samples). "Analysis" here
+is distinct from the trainer's held-out accuracy (`scoring.heldout_accuracy`, which the
+analysis calls per task) and from ES population fitness.
+"""
+
+from esawd.analysis.drift import MODULES, module_of, weight_drift
+from esawd.analysis.errors import AnalysisError
+from esawd.analysis.forgetting import (
+    DRIFT_FILE,
+    FORGETTING_FILE,
+    KL_FILE,
+    SAMPLES_DIR,
+    SETTINGS_FILE,
+    AnalysisSettings,
+    analyze_run,
+    check_analysis_settings,
+    clear_analysis,
+    eval_split,
+    read_run_config,
+    run_label,
+    run_method,
+    task_examples,
+)
+from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
+from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
+
+__all__ = [
+    "DRIFT_FILE",
+    "FORGETTING_FILE",
+    "KL_FILE",
+    "MODULES",
+    "SAMPLES_DIR",
+    "SETTINGS_FILE",
+    "AnalysisError",
+    "AnalysisSettings",
+    "KLSamples",
+    "Thetas",
+    "analyze_run",
+    "check_analysis_settings",
+    "clear_analysis",
+    "eval_split",
+    "format_ranges",
+    "kl_divergence",
+    "log_probs",
+    "module_of",
+    "read_run_config",
+    "run_label",
+    "run_method",
+    "sample_base",
+    "select_iterations",
+    "task_examples",
+    "weight_drift",
+]

@@ -1,0 +1,320 @@
+"""The forgetting analysis of a run directory (paper Sec. 5): task accuracy, KL(base || tuned)
+and weight drift of theta_t over training, for ES, ES + AWD and GRPO runs alike.
+
+    from esawd import analysis
+    analysis.analyze_run("runs/x", analysis.AnalysisSettings(tasks=("piqa",), data_dir=DATA))
+
+writes, inside the run directory (`python -m experiments.evaluate` is the command line):
+
+    forgetting.jsonl     {iteration, task, accuracy, format_rate, reward, tokens, num_examples}
+    kl.jsonl             {iteration, task, kl, kl_prompt_avg, num_tokens, num_prompts}
+    weight_drift.jsonl   {iteration, frobenius, relative, per_module, per_layer, mean_abs,
+                          max_abs, num_params}
+    kl_samples/<task>.npz   the base model's sampled continuations and their log-probs
+    evaluate.json        the settings the rows were made with
+
+theta_t comes from the checkpoint at t when there is one; otherwise, for ES, it is replayed
+from the nearest earlier checkpoint (or theta_0) with the seeds and coefficients in
+`es_log.jsonl`, which gives the parameters bitwise equal to what training had (`thetas.py`).
+The analysis is resumable: rows already written are skipped, each (iteration, task) is
+appended as soon as it is done, so an interrupted analysis loses at most the item it was on.
+
+Protocol (as the reference's `evaluation/evaluate_forgetting.py`): greedy decoding with each
+task's prompts, at most `num_examples` examples per task drawn with random.Random(2357)
+(`tasks.eval_subset`), MMLU-Pro 5-shot. KL: `kl_prompts` prompts of each task, one
+continuation each sampled from theta_0 at temperature 1 (at most `kl_max_new_tokens` tokens),
+scored under theta_0 and theta_t; `kl` is the token-weighted k1 estimate
+sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over prompts of each prompt's
+per-token average (`kl.py`). Drift: ||theta_t - theta_0|| accumulated in float64, globally,
+per module type and per layer (`drift.py`). This module holds the settings and the job that
+runs them over one run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+
+from esawd import models, scoring, tasks
+from esawd.analysis.drift import weight_drift
+from esawd.analysis.errors import AnalysisError
+from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
+from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
+from esawd.rundir import JsonlLog, RunDir
+
+FORGETTING_FILE = "forgetting.jsonl"
+KL_FILE = "kl.jsonl"
+DRIFT_FILE = "weight_drift.jsonl"
+SETTINGS_FILE = "evaluate.json"
+SAMPLES_DIR = "kl_samples"
+
+
+# ---------------------------------------------------------------------------------------
+# Settings and the run being analyzed.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSettings:
+    tasks: tuple[str, ...]  # e.g. ("proofwriter", "piqa", "arc_challenge")
+    data_dir: str = ""  # folder with <task>/ ("" = the run's task.data_dir, then the hub)
+    num_examples: int = 2048  # per task, the reference's seeded subset for larger sets
+    max_new_tokens: Mapping[str, int] | int = 1024  # one value, or per task
+    batch_size: int = 32
+    stride: int = 0  # evaluate iterations that are multiples of this (0: every checkpoint)
+    iterations: tuple[int, ...] = ()  # explicit iterations instead of the stride
+    kl: bool = True
+    kl_prompts: int = 50
+    kl_max_new_tokens: int = 256
+    kl_seed: int = 0
+    drift: bool = True
+    model_cache_dir: str = ""  # "" = the run's model.cache_dir
+
+    def tokens_for(self, task: str) -> int:
+        if isinstance(self.max_new_tokens, int):
+            return self.max_new_tokens
+        if task not in self.max_new_tokens:
+            raise AnalysisError(
+                f"max_new_tokens has no value for {task!r}; give one per task "
+                f"({', '.join(f'{k}={v}' for k, v in self.max_new_tokens.items())}) or one number."
+            )
+        return int(self.max_new_tokens[task])
+
+    def row_settings(self) -> dict[str, Any]:
+        """The settings that change what a row means (checked when an evaluation resumes)."""
+        return {
+            "num_examples": self.num_examples,
+            "max_new_tokens": {t: self.tokens_for(t) for t in self.tasks},
+            "kl_prompts": self.kl_prompts,
+            "kl_max_new_tokens": self.kl_max_new_tokens,
+            "kl_seed": self.kl_seed,
+        }
+
+
+def check_analysis_settings(s: AnalysisSettings) -> None:
+    """Refuse bad settings with the key, the value and what is valid."""
+    unknown = [t for t in s.tasks if t not in tasks.TASK_NAMES]
+    if unknown or not s.tasks:
+        raise AnalysisError(
+            f"tasks={','.join(s.tasks)!r} is invalid: use a comma-separated subset of "
+            f"{','.join(tasks.TASK_NAMES)}."
+        )
+    for key in ("num_examples", "batch_size", "kl_prompts", "kl_max_new_tokens"):
+        if getattr(s, key) < 1:
+            raise AnalysisError(f"{key}={getattr(s, key)} is invalid: it must be >= 1.")
+    if s.stride < 0:
+        raise AnalysisError(f"stride={s.stride} is invalid: use 0 (every checkpoint) or >= 1.")
+    for t in s.tasks:
+        if s.tokens_for(t) < 1:
+            raise AnalysisError(f"max_new_tokens for {t} is {s.tokens_for(t)}; it must be >= 1.")
+
+
+def run_method(config: Mapping[str, Any]) -> str:
+    """'es' or 'grpo': what trained the run (configs written before `method` existed: es)."""
+    return str(config.get("method", "es"))
+
+
+def run_label(config: Mapping[str, Any]) -> str:
+    """A short legend label: 'ES N=4', 'ES+AWD L2 lam=100 N=4', 'GRPO'."""
+    if run_method(config) == "grpo":
+        return "GRPO"
+    n = config["es"]["population_size"]
+    awd = config.get("awd", {})
+    if awd.get("kind", "none") == "none" or not awd.get("lam"):
+        return f"ES N={n}"
+    return f"ES+AWD {awd['kind'].upper()} lam={awd['lam']:g} N={n}"
+
+
+def read_run_config(workdir: str | Path) -> dict[str, Any]:
+    """config.json of a run directory; a clear error when the folder is not a run."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise AnalysisError(
+            f"{workdir} is not a run directory (no config.json); pass the --config.workdir "
+            "of an experiments.run job."
+        )
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------
+# Examples of each task.
+# ---------------------------------------------------------------------------------------
+
+
+def eval_split(task) -> str:
+    """The split a task is evaluated on: test where it has public labels, else validation."""
+    return "test" if "test" in task.splits else "validation"
+
+
+def task_examples(
+    name: str, run_config: Mapping[str, Any], *, data_dir: str, num_examples: int
+) -> list[dict]:
+    """The evaluation examples of task `name` for this run (the same for every iteration)."""
+    task = tasks.get_task(name)
+    run_task = run_config.get("task", {})
+    if name == run_task.get("name"):
+        # The run's target task: its own held-out split and subset, as the trainer draws it
+        # (a run on procedural or hub data stays on it; a file-based one may have moved).
+        moved = (data_dir or run_task.get("data_dir", "")) if run_task.get("data_dir") else ""
+        seed = run_config.get("es", run_config.get("grpo", {})).get("seed", 0)
+        splits = {k: run_task[k] for k in ("train_split", "eval_split") if k in run_task}
+        return scoring.load_examples(
+            name, data_dir=moved, num_train=run_task.get("num_train", 200),
+            eval_size=num_examples, seed=seed, **splits,
+        )[1]  # fmt: skip
+    data_dir = data_dir or run_task.get("data_dir", "")
+    if not data_dir and hasattr(task, "generate"):
+        return task.generate(num_examples, seed=tasks.EVAL_SUBSET_SEED)
+    examples = task.load(eval_split(task), data_dir or None)
+    return tasks.eval_subset(examples, size=num_examples)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole analysis of one run.
+# ---------------------------------------------------------------------------------------
+
+
+def _check_resumed_settings(path: Path, current: dict[str, Any]) -> None:
+    if not path.exists():
+        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        return
+    stored = json.loads(path.read_text())
+    merged_tokens = {**stored.get("max_new_tokens", {}), **current["max_new_tokens"]}
+    for key, value in current.items():
+        old = stored.get(key)
+        if key == "max_new_tokens":
+            clash = {t: (old.get(t), v) for t, v in value.items() if old.get(t, v) != v}
+            if clash:
+                t, (was, now) = next(iter(clash.items()))
+                raise AnalysisError(
+                    f"{path.parent} was evaluated with max_new_tokens {t}={was}, now {now}; pass "
+                    f"the stored value to extend it, or --fresh to start the evaluation over."
+                )
+        elif old is not None and old != value:
+            raise AnalysisError(
+                f"{path.parent} was evaluated with {key}={old}, now {value}; pass the stored "
+                "value to extend it, or --fresh to start the evaluation over."
+            )
+    path.write_text(json.dumps({**current, "max_new_tokens": merged_tokens}, indent=2) + "\n")
+
+
+def clear_analysis(workdir: str | Path) -> None:
+    """Delete the analysis files of a run (its training files are untouched)."""
+    root = Path(workdir)
+    for name in (FORGETTING_FILE, KL_FILE, DRIFT_FILE, SETTINGS_FILE):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / SAMPLES_DIR, ignore_errors=True)
+
+
+def analyze_run(
+    workdir: str | Path,
+    s: AnalysisSettings,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[dict[str, Any]]]:
+    """Analyze every selected iteration of the run at `workdir`; returns all rows written so
+    far (including earlier ones), keyed by file name."""
+    check_analysis_settings(s)
+    root = Path(workdir)
+    run_config = read_run_config(root)
+    method = run_method(run_config)
+    run = RunDir(root, max_to_keep=None)
+    if not run.has_anchor():
+        raise AnalysisError(f"{root} has no anchor/ (theta_0); was the run started?")
+    _check_resumed_settings(root / SETTINGS_FILE, s.row_settings())
+
+    # Examples first: a missing data file fails before the model is loaded.
+    examples = {
+        t: task_examples(t, run_config, data_dir=s.data_dir, num_examples=s.num_examples)
+        for t in s.tasks
+    }
+    m = run_config["model"]
+    model = models.load(
+        m["name"],
+        dtype=m.get("compute_dtype", "float32"),
+        cache=s.model_cache_dir or m.get("cache_dir") or None,
+    )
+    config, tokenizer = model.config, model.tokenizer
+    theta0 = jax.device_put(run.restore_anchor_numpy(model.params))
+    del model
+    thetas = Thetas(run, theta0, method=method)
+    iterations = select_iterations(
+        thetas.available(), thetas.steps, stride=s.stride, explicit=s.iterations
+    )
+
+    logs = {name: JsonlLog(root / name) for name in (FORGETTING_FILE, KL_FILE, DRIFT_FILE)}
+    done_tasks = {(r["iteration"], r["task"]) for r in logs[FORGETTING_FILE].rows()}
+    done_kl = {(r["iteration"], r["task"]) for r in logs[KL_FILE].rows()}
+    done_drift = {r["iteration"] for r in logs[DRIFT_FILE].rows()}
+
+    def todo(t: int) -> list[tuple[str, str]]:
+        items = [("task", name) for name in s.tasks if (t, name) not in done_tasks]
+        if s.kl:
+            items += [("kl", name) for name in s.tasks if (t, name) not in done_kl]
+        if s.drift and t not in done_drift:
+            items.append(("drift", ""))
+        return items
+
+    work = {t: todo(t) for t in iterations}
+    total = sum(len(v) for v in work.values())
+    log(
+        f"{root.name}: {run_label(run_config)}, iterations {format_ranges(iterations)}; "
+        f"{total} items to evaluate ({len(iterations) * len(todo(-1))} in all)"
+    )
+    samples: dict[str, KLSamples] = {}
+    bar = tqdm(total=total, disable=not progress, desc=f"evaluate {root.name}", unit="item")
+    for t in iterations:
+        if not work[t]:
+            continue
+        params = thetas.get(t)
+        for kind, name in work[t]:
+            bar.set_postfix(iteration=t, item=f"{kind} {name}".strip())
+            if kind == "drift":
+                row = weight_drift(params, theta0)
+                logs[DRIFT_FILE].append({"iteration": t, **row})
+            elif kind == "task":
+                task = tasks.get_task(name)
+                row = scoring.heldout_accuracy(
+                    config, params, tokenizer, task, examples[name],
+                    max_new_tokens=s.tokens_for(name), batch_size=s.batch_size,
+                )  # fmt: skip
+                logs[FORGETTING_FILE].append({"iteration": t, "task": name, **row})
+            else:
+                if name not in samples:
+                    samples[name] = _kl_samples(root, s, config, theta0, tokenizer, name, examples)
+                smp = samples[name]
+                logp = [log_probs(config, params, smp, b) for b in range(len(smp.tokens))]
+                logs[KL_FILE].append({"iteration": t, "task": name, **kl_divergence(smp, logp)})
+            bar.update(1)
+    bar.close()
+    run.close()
+    return {name: log_.rows() for name, log_ in logs.items()}
+
+
+def _kl_samples(root, s, config, theta0, tokenizer, name, examples) -> KLSamples:
+    """The task's cached base samples, sampled (and cached) on first use."""
+    path = root / SAMPLES_DIR / f"{name}.npz"
+    meta = {
+        "task": name,
+        "num_prompts": min(s.kl_prompts, len(examples[name])),
+        "max_new_tokens": s.kl_max_new_tokens,
+        "seed": s.kl_seed,
+    }
+    if path.exists():
+        smp, stored = KLSamples.load(path)
+        if {k: stored.get(k) for k in meta} == meta:
+            return smp
+    smp = sample_base(
+        config, theta0, tokenizer, tasks.get_task(name), examples[name][: s.kl_prompts],
+        max_new_tokens=s.kl_max_new_tokens, seed=s.kl_seed, batch_size=s.batch_size,
+    )  # fmt: skip
+    smp.save(path, {**meta, "num_batches": len(smp.tokens)})
+    return smp

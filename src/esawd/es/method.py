@@ -1,0 +1,286 @@
+"""ES + AWD as a training method: Algorithm 1 of Schweighofer et al. (2026), the parts the
+shared loop (`esawd.loop`) does not own.
+
+One iteration t: the seeds of iteration t -> each member's greedy generation on the training
+prompts, spread over the `pop` mesh axis (`population_fitness`: generation on device,
+scoring on the host, overlapped) -> rewards z-scored -> the fused ES + AWD step, streaming
+theta_0 from host memory -> one row of `es_log.jsonl` (seeds and coefficients).
+
+Determinism. Seeds of iteration t are `iteration_seeds(es_seed, t)`, generation is greedy,
+rewards are computed on the host from the generated tokens, and the update is a fixed
+sequence of kernels; so a run resumed from a checkpoint ends bitwise equal to an
+uninterrupted one, and theta_t can be replayed from theta_0 and `es_log.jsonl` (`replay`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from esawd import sampling, scoring
+from esawd.es.anchor import HostAnchor, host_anchor, host_value
+from esawd.es.noise import iteration_seeds
+from esawd.es.population import evaluate_population, population_mesh
+from esawd.es.update import es_step, normalize_rewards
+from esawd.loop import Context
+from esawd.types import Params
+
+# ---------------------------------------------------------------------------------------
+# Population fitness: generation on device, scoring on the host, overlapped.
+# ---------------------------------------------------------------------------------------
+
+
+def member_bytes(config, *, batch: int, width: int, max_new_tokens: int) -> int:
+    """An estimate of the device memory one population member's generation needs: its
+    perturbed float32 parameters and their compute-dtype and decode-layout copies, the KV
+    cache, the prefill's largest activations (the MLP's and the attention scores over the
+    cache) and the logits."""
+    c = config
+    item = np.dtype(c.dtype).itemsize
+    slots = width + max_new_tokens
+    params = c.num_params() * (4 + 2 * item)
+    cache = 2 * c.n_layers * batch * c.n_kv_heads * c.head_dim * slots * item
+    prefill = batch * width * (2 * c.d_ff + 4 * c.d_model) * item
+    scores = batch * c.n_heads * width * slots * 4 * 2  # scores and probabilities, float32
+    logits = batch * c.vocab_size * 4 * 2
+    return int(params + cache + prefill + scores + logits)
+
+
+def members_per_batch_for(
+    device, *, member_bytes: int, members: int, reserved_bytes: int = 0, headroom: float = 0.8
+) -> int:
+    """How many members to vmap together on `device` (es.members_per_batch=0): as many of its
+    `members` as fit, at `member_bytes` each, in `headroom` of its memory limit less
+    `reserved_bytes` (what the trainer keeps there anyway). The limit, not the memory free at
+    the moment, so that every process of a multi-host run picks the same number. A device that
+    reports no limit (the CPU) gets 1: vmapping members measured no faster there
+    (docs/benchmarks.md), since each member brings its own weights."""
+    stats = device.memory_stats()
+    if not stats or not stats.get("bytes_limit"):
+        return 1
+    free = headroom * stats["bytes_limit"] - reserved_bytes
+    return max(1, min(members, int(free) // max(1, member_bytes)))
+
+
+def make_generate_fn(
+    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False
+) -> Callable:
+    """fitness(params, key) -> (tokens [B, T], lengths [B]): greedy generation on the prompts.
+
+    The prompts are the same at every call, so they are padded only to the longest of them
+    (bucket=1): one compilation either way, and no prefill work or cache slots spent on a
+    wider bucket (Countdown's 139-145-token prompts would otherwise be padded to 192).
+    """
+    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
+
+    def generate(params, key):
+        del key  # greedy decoding, as in the paper
+        return sampling.generate(
+            config, params, ids, mask, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
+            bucket=1,
+        )  # fmt: skip
+
+    return generate
+
+
+def population_fitness(
+    generate_fn: Callable,
+    params: Params,
+    seeds: np.ndarray,
+    score_fn: Callable[[np.ndarray, np.ndarray], dict],
+    *,
+    sigma: float,
+    antithetic: bool,
+    mesh,
+    members_per_batch: int,
+    noise_sharing: str,
+) -> dict[str, np.ndarray]:
+    """Per-member mean scores, [N] or [2, K]; each group is scored while the next generates.
+
+    Also returns `score_seconds`: host decoding + reward time, overlapped with generation.
+    """
+    width = mesh.shape["pop"] * members_per_batch
+    per_group = max(1, width // 2) if antithetic else width
+    groups = [seeds[i : i + per_group] for i in range(0, len(seeds), per_group)]
+    results: list[dict] = []
+    score_seconds: list[float] = []
+    pending = None
+
+    def finish(out):
+        tokens, lengths = (host_value(x) for x in out)  # blocks on this group only
+        lead = tokens.shape[:-2]  # [2, g] or [g]
+        flat_t = tokens.reshape(-1, *tokens.shape[-2:])
+        flat_l = lengths.reshape(-1, lengths.shape[-1])
+        t0 = time.perf_counter()
+        rows = [score_fn(t, n) for t, n in zip(flat_t, flat_l, strict=True)]
+        score_seconds.append(time.perf_counter() - t0)
+        results.append({k: np.array([r[k].mean() for r in rows]).reshape(lead) for k in rows[0]})
+
+    for group in groups:
+        out = evaluate_population(
+            generate_fn,
+            params,
+            group,
+            sigma=sigma,
+            antithetic=antithetic,
+            mesh=mesh,
+            members_per_batch=members_per_batch,
+            noise_sharing=noise_sharing,
+        )  # dispatched asynchronously
+        if pending is not None:
+            finish(pending)
+        pending = out
+    finish(pending)
+    out = {k: np.concatenate([r[k] for r in results], axis=-1) for k in results[0]}
+    out["score_seconds"] = np.float64(sum(score_seconds))  # host time, overlapped
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Replay.
+# ---------------------------------------------------------------------------------------
+
+
+def replay(
+    theta0: Params,
+    es_rows: Sequence[dict[str, Any]],
+    *,
+    upto: int,
+    anchor: HostAnchor | None = None,
+    start: tuple[int, Params] | None = None,
+) -> Params:
+    """theta_t for t = `upto`, rebuilt from theta_0 and the logged seeds and coefficients.
+
+    `start=(s, theta_s)` continues from a known theta_s (a checkpoint, or an earlier replay)
+    instead of from theta_0; the anchor is theta_0 either way. The given trees are not changed.
+    """
+    anchor = host_anchor(theta0) if anchor is None else anchor
+    done, params = start if start is not None else (0, theta0)
+    if done > upto:
+        raise ValueError(f"cannot replay backwards from iteration {done} to {upto}.")
+    params = jax.tree.map(jnp.copy, params)  # es_step donates its input
+    for row in sorted(es_rows, key=lambda r: r["iteration"]):
+        if row["iteration"] <= done:
+            continue
+        if row["iteration"] > upto:
+            break
+        if row["iteration"] != done + 1:
+            raise ValueError(
+                f"es_log is missing iteration {done + 1} (next row: {row['iteration']})"
+            )
+        params, _ = es_step(
+            params,
+            anchor,
+            np.asarray(row["seeds"], np.uint32),
+            np.asarray(row["coeffs"], np.float32),
+            **es_log_settings(row),
+        )
+        done = row["iteration"]
+    if done != upto:
+        raise ValueError(f"es_log ends at iteration {done}; cannot replay iteration {upto}.")
+    return params
+
+
+# The es_step settings each es_log.jsonl row records beside its seeds and coefficients.
+ES_LOG_KEYS = ("alpha", "population_size", "lam", "kind", "noise_sharing")
+
+
+def es_log_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `es_step` recorded in an es_log row."""
+    return {k: row[k] for k in ES_LOG_KEYS}
+
+
+# ---------------------------------------------------------------------------------------
+# The method's parts for the shared loop.
+# ---------------------------------------------------------------------------------------
+
+
+class ESMethod:
+    """ES + AWD: the state is theta_t, replicated over the `pop` mesh; theta_0 lives in host
+    memory (`HostAnchor`) and is streamed into each update."""
+
+    label, unit = "ES", "it"
+
+    def __init__(self, s):
+        self.es, self.awd, self.s = s.es, s.awd, s
+        self.num_steps = s.es.num_iterations
+        self.seed_meta, self.data_seed = {"es_seed": s.es.seed}, s.es.seed
+        n = s.es.population_size
+        self.num_seeds = n // 2 if s.es.antithetic else n
+
+    def init(self, ctx: Context, model, theta0: Params) -> dict[str, Any]:
+        s, config = self.s, ctx.config
+        self.mesh = population_mesh(jax.devices()[: s.es.num_devices or None])
+        self.generate_fn = make_generate_fn(
+            config, ctx.prompts.ids, ctx.prompts.mask, max_new_tokens=s.task.max_new_tokens
+        )
+        self.per_batch = s.es.members_per_batch
+        if not self.per_batch:  # from the memory of this process's first device
+            width = int(np.asarray(ctx.prompts.mask).sum(axis=1).max())
+            need = member_bytes(config, batch=len(ctx.train_examples), width=width,
+                                max_new_tokens=s.task.max_new_tokens)  # fmt: skip
+            self.per_batch = members_per_batch_for(
+                jax.local_devices()[0], member_bytes=need,
+                members=-(-s.es.population_size // self.mesh.size),
+                reserved_bytes=3 * 4 * config.num_params(),  # theta_t, its update, an anchor slice
+            )  # fmt: skip
+
+        def score_fn(tokens, lengths):
+            return scoring.score(ctx.task, ctx.tokenizer, tokens, lengths, ctx.train_examples)
+
+        self.score_fn = score_fn
+        self.anchor = host_anchor(theta0)
+        return {"params": jax.device_put(model.params, NamedSharding(self.mesh, PartitionSpec()))}
+
+    def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]:
+        e, run = self.es, ctx.run
+        t_iter = time.perf_counter()
+        seeds = np.asarray(
+            iteration_seeds(base_seed=e.seed, iteration=t, population_size=self.num_seeds)
+        )
+        member = population_fitness(
+            self.generate_fn, state["params"], seeds, self.score_fn, sigma=e.sigma,
+            antithetic=e.antithetic, mesh=self.mesh, members_per_batch=self.per_batch,
+            noise_sharing=e.noise_sharing,
+        )  # fmt: skip
+        t_pop = time.perf_counter()
+        if not np.all(np.isfinite(member["reward"])):
+            raise FloatingPointError(
+                f"iteration {t}: non-finite rewards {member['reward']}; the last good "
+                f"checkpoint ({run.latest_step()}) is intact."
+            )
+        coeffs = normalize_rewards(member["reward"], antithetic=e.antithetic)
+        row = {
+            "alpha": e.alpha, "population_size": e.population_size, "lam": self.awd.lam,
+            "kind": self.awd.kind, "noise_sharing": e.noise_sharing,
+        }  # fmt: skip
+        params, upd = es_step(state["params"], self.anchor, seeds, coeffs, **row, with_drift=True)
+        t_update = time.perf_counter()
+        if not math.isfinite(upd["drift_norm"]):  # a NaN or Inf anywhere makes it non-finite
+            raise FloatingPointError(
+                f"iteration {t}: the update produced non-finite parameters; the last good "
+                f"checkpoint ({run.latest_step()}) is intact."
+            )
+        if ctx.primary:
+            run.es_log.append(
+                {"iteration": t, "seeds": seeds.tolist(), "coeffs": [float(c) for c in coeffs],
+                 **row}
+            )  # fmt: skip
+        metrics = {
+            **scoring.reward_metrics(member),
+            "drift_norm": upd["drift_norm"],
+            "time/population": t_pop - t_iter,  # perturb + generate (device) + score (host)
+            "time/score": float(member["score_seconds"]),  # host part, overlapped
+            "time/update": t_update - t_pop,  # fused ES + AWD step
+        }
+        return {"params": params}, metrics
+
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, str]:
+        return {"reward": f"{metrics['reward_mean']:.3f}", "acc": f"{metrics['accuracy']:.2f}"}

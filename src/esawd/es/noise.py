@@ -1,0 +1,230 @@
+"""The ES noise eps(s) of Algorithm 1 (Schweighofer et al. 2026), regenerated from seeds.
+
+Lines 2-3 of Algorithm 1: sample seeds s_1..s_N (`iteration_seeds`) and evaluate
+theta + sigma * eps(s_n) (`perturb`). `eps(s)` is never stored: every slice is regenerated
+from a key that is a pure function of (seed, leaf path, layer index). Leaves whose path
+contains the key `"layers"` are stacked decoder weights `[L, ...]`; layer i of such a leaf
+has its own key, so one layer slice can be regenerated alone, on any device, in any order,
+and equals the corresponding part of the full draw. The reference implementation instead
+reseeds its generator for every tensor, so all tensors of one shape share their noise within
+a member; `noise_sharing="shape"` reproduces that (a reproduction switch, off by default).
+
+Every noise bit of the package comes from `_chunk_noise(seed, spec, layer, chunk)`, given the
+static `_LeafSpec` of its leaf: the perturbation here and the update's accumulation in
+`esawd.es.update` both draw through it. Another kind of noise adds its static facts to
+`_LeafSpec` and its generator beside `_chunk_noise`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from esawd.types import Params, Seeds
+
+STACKED_KEY = "layers"
+NOISE_SHARING = ("none", "shape")
+_SEED_STREAM = 0x5EED_5EED
+_MAX_SEED = 2**31 - 1
+# Slices larger than this many elements draw their noise in row chunks with one key each,
+# so the generator's temporaries (several times the drawn size) stay bounded. Part of the
+# noise's definition: changing it changes every large leaf's draw.
+CHUNK_ELEMENTS = 2**22
+
+
+# ---------------------------------------------------------------------------------------
+# Leaf specs: which key a leaf's noise is drawn from, and in what pieces.
+# ---------------------------------------------------------------------------------------
+
+
+def _key_name(entry: Any) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def is_stacked(path: Sequence[Any]) -> bool:
+    """True if the leaf at `path` holds per-layer weights stacked on axis 0."""
+    return any(_key_name(e) == STACKED_KEY for e in path)
+
+
+def leaf_id(path: Sequence[Any]) -> int:
+    """A stable 31-bit id of a leaf path (CRC32 of its `keystr`), the same in every process."""
+    return zlib.crc32(jax.tree_util.keystr(tuple(path)).encode()) & _MAX_SEED
+
+
+def _shape_id(shape: Sequence[int]) -> int:
+    return zlib.crc32(repr(tuple(int(d) for d in shape)).encode()) & _MAX_SEED
+
+
+def _check_noise_sharing(noise_sharing: str) -> None:
+    if noise_sharing not in NOISE_SHARING:
+        raise ValueError(
+            f"noise_sharing={noise_sharing!r} is not one of {NOISE_SHARING}; use 'none' "
+            "(independent noise per leaf and layer) or 'shape' (the reference's correlated noise)."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeafSpec:
+    """Static facts about one leaf that the noise and update kernels need."""
+
+    stacked: bool
+    slice_shape: tuple[int, ...]  # shape of one layer slice (the whole leaf if unstacked)
+    stream: int  # leaf id, or shape id under noise_sharing="shape"
+    per_layer: bool  # fold the layer index into the key
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows of the slice drawn per key: large slices are drawn in row chunks."""
+        if len(self.slice_shape) == 0:
+            return 1
+        row = math.prod(self.slice_shape[1:])
+        return max(1, min(self.slice_shape[0], CHUNK_ELEMENTS // max(row, 1)))
+
+    @property
+    def num_chunks(self) -> int:
+        if len(self.slice_shape) == 0:
+            return 1
+        return -(-self.slice_shape[0] // self.chunk_rows)
+
+
+def _spec(path: Sequence[Any], shape: Sequence[int], noise_sharing: str) -> _LeafSpec:
+    stacked = is_stacked(path) and len(shape) >= 1
+    slice_shape = tuple(int(d) for d in (shape[1:] if stacked else shape))
+    if noise_sharing == "shape":
+        # Reference semantics: one generator reseeded per tensor, so a member's noise
+        # depends only on the tensor's shape; every layer gets the same draw.
+        return _LeafSpec(stacked, slice_shape, _shape_id(slice_shape), per_layer=False)
+    return _LeafSpec(stacked, slice_shape, leaf_id(path), per_layer=stacked)
+
+
+def _leaf_specs(params: Params, noise_sharing: str) -> list[_LeafSpec]:
+    _check_noise_sharing(noise_sharing)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [_spec(path, jnp.shape(leaf), noise_sharing) for path, leaf in flat]
+
+
+# ---------------------------------------------------------------------------------------
+# The generator: a pure function of (seed, leaf, layer, chunk).
+# ---------------------------------------------------------------------------------------
+
+
+def _chunk_noise(seed: jax.Array, spec: _LeafSpec, layer, chunk) -> jax.Array:
+    """Noise for rows [chunk * R, (chunk + 1) * R) of one slice (padded past its end)."""
+    key = jax.random.fold_in(jax.random.key(seed), spec.stream)
+    if spec.per_layer:
+        key = jax.random.fold_in(key, layer)
+    if spec.num_chunks == 1:
+        return jax.random.normal(key, spec.slice_shape, jnp.float32)
+    key = jax.random.fold_in(key, chunk)
+    return jax.random.normal(key, (spec.chunk_rows, *spec.slice_shape[1:]), jnp.float32)
+
+
+def _unchunk(chunks: jax.Array, spec: _LeafSpec) -> jax.Array:
+    # [C, R, ...] -> [rows, ...], dropping the padding of the last chunk.
+    flat = chunks.reshape(spec.num_chunks * spec.chunk_rows, *spec.slice_shape[1:])
+    return flat[: spec.slice_shape[0]]
+
+
+def _slice_noise(seed: jax.Array, spec: _LeafSpec, layer: jax.Array | int) -> jax.Array:
+    """Standard normal float32 noise for one slice (one layer of a stacked leaf)."""
+    if spec.num_chunks == 1:
+        return _chunk_noise(seed, spec, layer, 0)
+    # Sequential over chunks: the generator's temporaries stay chunk-sized.
+    chunks = lax.map(lambda c: _chunk_noise(seed, spec, layer, c), jnp.arange(spec.num_chunks))
+    return _unchunk(chunks, spec)
+
+
+def _leaf_noise(seed: jax.Array, spec: _LeafSpec, shape: Sequence[int]) -> jax.Array:
+    """The noise of a whole leaf of full shape `shape`."""
+    if not spec.stacked:
+        return _slice_noise(seed, spec, 0)
+    # vmap over layers draws exactly the bits of each layer's own key.
+    return jax.vmap(lambda i: _slice_noise(seed, spec, i))(jnp.arange(shape[0]))
+
+
+def _add_scaled(x: jax.Array, delta: jax.Array, scale: jax.Array) -> jax.Array:
+    """`x + scale * delta` in float32, cast back to `x`'s dtype."""
+    return (x.astype(jnp.float32) + scale * delta).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Public noise API.
+# ---------------------------------------------------------------------------------------
+
+
+def slice_noise(
+    seed: jax.Array | int,
+    path: Sequence[Any],
+    shape: Sequence[int],
+    *,
+    layer: int | None = None,
+    noise_sharing: str = "none",
+) -> jax.Array:
+    """The noise of one leaf (`shape` is its full shape), or of one layer of a stacked leaf.
+
+    Regenerated alone, it equals the matching part of `sample_noise(params, seed)`.
+    """
+    _check_noise_sharing(noise_sharing)
+    spec = _spec(tuple(path), tuple(shape), noise_sharing)
+    seed = jnp.asarray(seed, jnp.uint32)
+    if layer is None:
+        return _leaf_noise(seed, spec, shape)
+    if not spec.stacked or not 0 <= layer < shape[0]:
+        raise ValueError(
+            f"layer={layer} needs a stacked leaf (path under {STACKED_KEY!r}) with 0 <= layer < "
+            f"{shape[0] if spec.stacked else 'L'}; path {jax.tree_util.keystr(tuple(path))} has "
+            f"shape {tuple(shape)}."
+        )
+    return _slice_noise(seed, spec, layer)
+
+
+@functools.partial(jax.jit, static_argnames=("noise_sharing",))
+def sample_noise(params: Params, seed: jax.Array | int, *, noise_sharing: str = "none") -> Params:
+    """Standard normal float32 noise shaped like `params`, a pure function of the seed."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    specs = _leaf_specs(params, noise_sharing)
+    seed = jnp.asarray(seed, jnp.uint32)
+    out = [_leaf_noise(seed, s, jnp.shape(x)) for x, s in zip(leaves, specs, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnames=("noise_sharing",))
+def perturb(
+    params: Params,
+    seed: jax.Array | int,
+    *,
+    sigma: float | jax.Array,
+    sign: float | jax.Array = 1.0,
+    noise_sharing: str = "none",
+) -> Params:
+    """`params + sign * sigma * eps(seed)`, computed in float32, cast back to each leaf's dtype."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    specs = _leaf_specs(params, noise_sharing)
+    seed = jnp.asarray(seed, jnp.uint32)
+    scale = jnp.asarray(sign, jnp.float32) * jnp.asarray(sigma, jnp.float32)
+    out = [
+        _add_scaled(x, _leaf_noise(seed, s, jnp.shape(x)), scale)
+        for x, s in zip(leaves, specs, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def iteration_seeds(*, base_seed: int, iteration: int, population_size: int) -> Seeds:
+    """The N member seeds of iteration t: a pure function of (base_seed, t), uint32 [N]."""
+    if population_size < 1:
+        raise ValueError(f"population_size={population_size} must be >= 1.")
+    key = jax.random.fold_in(jax.random.key(base_seed), _SEED_STREAM)
+    key = jax.random.fold_in(key, iteration)
+    bits = jax.random.bits(key, (population_size,), jnp.uint32)
+    return bits >> 1  # 31-bit seeds: safe as int32 anywhere they travel

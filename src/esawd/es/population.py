@@ -1,0 +1,115 @@
+"""Population evaluation (Schweighofer et al. 2026, Algorithm 1, line 3), sharded.
+
+    R_n = reward(theta_{t-1} + sigma * eps(s_n))                 (evaluate_population)
+
+Members are sharded over the `pop` axis of a mesh; each device perturbs the replicated
+parameters itself (`esawd.es.noise.perturb`) and calls the fitness with a key of its own
+stream (`fitness_key`), distinct from the member's noise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from esawd.es.noise import _check_noise_sharing, perturb
+from esawd.types import Fitness, Params, PRNGKey, Seeds
+
+# Stream id folded into a member's key so fitness randomness never reuses noise bits.
+_FITNESS_STREAM = 0x5EED_F17
+
+
+def fitness_key(seed: jax.Array | int) -> PRNGKey:
+    """The PRNG key handed to `fitness` for a member: its own stream, distinct from its noise."""
+    return jax.random.fold_in(jax.random.key(jnp.asarray(seed, jnp.uint32)), _FITNESS_STREAM)
+
+
+def population_mesh(devices: Sequence[jax.Device] | None = None, *, axis_name: str = "pop") -> Mesh:
+    """A 1-D mesh over `devices` (default: all devices of all processes) named `axis_name`."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (axis_name,))
+
+
+@functools.lru_cache(maxsize=32)
+def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch):
+    def local(params, seeds, signs, sigma):  # seeds, signs: [members on this device]
+        def member(args):
+            seed, sign = args
+            p = perturb(params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing)
+            return jax.tree.map(jnp.asarray, fitness(p, fitness_key(seed)))
+
+        if members_per_batch in (None, 1):
+            if seeds.shape[0] == 1:  # one member per device: no loop around the fitness
+                return jax.tree.map(lambda x: x[None], member((seeds[0], signs[0])))
+            # A plain sequential map. lax.map(batch_size=1) would vmap the fitness over a
+            # size-1 axis, which turns a generation loop's carry into per-step selects/copies.
+            return lax.map(member, (seeds, signs))
+        return lax.map(member, (seeds, signs), batch_size=members_per_batch)
+
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(
+            PartitionSpec(),
+            PartitionSpec(axis_name),
+            PartitionSpec(axis_name),
+            PartitionSpec(),
+        ),
+        out_specs=PartitionSpec(axis_name),
+        # Members never communicate; without this, fitness functions that build fresh
+        # (device-invariant) loop carries, such as a zero KV cache, fail the varying-axis check.
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def evaluate_population(
+    fitness: Fitness,
+    params: Params,
+    seeds: Seeds,
+    *,
+    sigma: float,
+    antithetic: bool = False,
+    mesh: Mesh | None = None,
+    axis_name: str = "pop",
+    members_per_batch: int | None = None,
+    noise_sharing: str = "none",
+) -> Any:
+    """Rewards `fitness(perturb(params, s), key_s)` of every member, sharded over `axis_name`.
+
+    Returns `[N]`, or `[2, K]` with `antithetic=True` (row 0: +eps, row 1: -eps, same key).
+    `fitness` may also return a pytree of arrays (e.g. generated tokens for host-side
+    scoring); each leaf then gains the same leading member axes.
+    Members are padded to a multiple of the axis size and the padding dropped, so N need not
+    divide evenly. `members_per_batch` vmaps that many members at once on each device
+    (default: one at a time). `fitness` should be a stable function object: the compiled
+    evaluation is cached per (fitness, mesh).
+    """
+    _check_noise_sharing(noise_sharing)
+    mesh = population_mesh(axis_name=axis_name) if mesh is None else mesh
+    seeds = np.asarray(seeds, np.uint32)
+    if seeds.ndim != 1 or seeds.size == 0:
+        raise ValueError(f"seeds must have shape [N] with N >= 1, got {seeds.shape}.")
+    k = seeds.size
+    signs = np.ones(k, np.float32)
+    if antithetic:
+        seeds = np.concatenate([seeds, seeds])
+        signs = np.concatenate([signs, -signs])
+    n = seeds.size
+    width = mesh.shape[axis_name]
+    pad = (-n) % width
+    seeds_p = np.concatenate([seeds, np.repeat(seeds[-1:], pad)])
+    signs_p = np.concatenate([signs, np.repeat(signs[-1:], pad)])
+    fn = _population_fn(fitness, mesh, axis_name, noise_sharing, members_per_batch)
+    # Every device needs the full parameters; a no-op when they are already replicated.
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    out = fn(params, seeds_p, signs_p, jnp.float32(sigma))
+    shape = (2, k) if antithetic else (n,)
+    return jax.tree.map(lambda x: x[:n].reshape(*shape, *x.shape[1:]), out)

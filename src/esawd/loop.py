@@ -1,0 +1,238 @@
+"""The training loop every method shares: set-up, resume, schedule, logging, checkpoints, export.
+
+Reads top to bottom, as big_vision's trainers do: checks -> data -> model -> theta_0 in the
+run directory -> state (fresh or from the latest checkpoint) -> the loop -> export. A method
+(`esawd.es.method.ESMethod`, `esawd.grpo.GRPOMethod`) supplies only its own parts:
+
+    init(ctx, model, theta0) -> state          # a dict of pytrees; "params" is theta_t
+    step(ctx, state, t) -> (state, metrics)   # one iteration; raises on non-finite values
+    postfix(metrics) -> dict                   # what the progress bar shows
+    label, unit, num_steps, seed_meta, data_seed   # names, length, seeds
+
+Everything in `state` is checkpointed, atomically, as one Orbax checkpoint ("params" plus one
+item per other key, e.g. AdamW's "opt_state"). The metrics row of iteration t is written
+before its checkpoint, so a crash between the two resumes from the previous checkpoint and
+writes the row again, and a crash after the checkpoint finds the row there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any, Protocol
+
+import jax
+from tqdm.auto import tqdm
+
+from esawd import es, models, scoring, tasks
+from esawd.rundir import RunDir
+from esawd.settings import (
+    ConfigError,
+    LogSettings,
+    RunSettings,
+    check,
+    check_resumable,
+    flatten,
+    to_dict,
+)
+from esawd.types import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a method's parts may read: the settings and the run's fixed inputs."""
+
+    settings: RunSettings
+    run: RunDir
+    primary: bool  # the one process that writes logs and exports
+    task: Any
+    config: models.ModelConfig
+    tokenizer: Any
+    train_examples: list
+    eval_examples: list
+    prompts: Any  # PromptBatch of the training examples
+
+
+class Method(Protocol):
+    label: str  # progress bar: "ES", "GRPO"
+    unit: str
+    num_steps: int
+    seed_meta: dict[str, int]  # stored in every checkpoint; a resumed run must match it
+    data_seed: int  # procedural tasks draw their training and held-out examples from it
+
+    def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]: ...
+
+    def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]: ...
+
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, str]: ...
+
+
+def itstime(t: int, *, every: int, last: int) -> bool:
+    """Whether iteration t is one of every `every` (0: never), or the last."""
+    return t == last or (every > 0 and t % every == 0)
+
+
+def local_copy(params: Params) -> Params:
+    """This process's copy of replicated parameters, for work each process does alone."""
+    return jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), params)
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # only multi-process runs need it
+
+        multihost_utils.sync_global_devices(name)
+
+
+class Loggers:
+    """metrics.jsonl always; TensorBoard and Weights & Biases when enabled.
+
+    A W&B run's id is kept in <workdir>/wandb_id, so a resumed run continues the same W&B run.
+    """
+
+    def __init__(self, run: RunDir, s: LogSettings, config: dict[str, Any], *, enabled=True):
+        self.run, self.enabled = run, enabled
+        self.tb = self.wandb = None
+        if s.tensorboard:
+            from tensorboardX import SummaryWriter  # optional at import time: heavy
+
+            self.tb = SummaryWriter(str(run.root / "tensorboard"))
+        if s.wandb:
+            try:
+                import wandb  # an optional extra
+            except ImportError:
+                raise ConfigError(
+                    "log.wandb=True needs Weights & Biases: `pip install wandb`."
+                ) from None
+            id_path = run.root / "wandb_id"
+            if not id_path.exists():
+                id_path.write_text(secrets.token_hex(8) + "\n")
+            self.wandb = wandb.init(
+                project=s.wandb_project,
+                dir=str(run.root),
+                config=config,
+                id=id_path.read_text().strip(),
+                resume="allow",
+            )
+
+    def write(self, iteration: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.run.metrics.append({"iteration": iteration, **metrics})
+        scalars = {
+            k: v
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k.replace(".", "/"), v, iteration)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=iteration)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def prepare(s: RunSettings, *, data_seed: int) -> tuple[RunDir, list, list]:
+    """Checks, the run directory and the examples, before any model is loaded."""
+    check(s, device_count=jax.device_count())
+    run = RunDir(s.workdir, max_to_keep=s.checkpoint.max_to_keep)
+    stored = run.read_config()
+    if stored is not None:
+        check_resumable(stored, to_dict(s), workdir=s.workdir)
+    train_examples, eval_examples = scoring.load_examples(
+        s.task.name, data_dir=s.task.data_dir, num_train=s.task.num_train,
+        train_split=s.task.train_split, eval_split=s.task.eval_split,
+        eval_size=s.eval.num_examples, seed=data_seed,
+    )  # fmt: skip
+    return run, train_examples, eval_examples
+
+
+def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict, int]:
+    """theta_0 written once into the run directory, then the state, from the latest checkpoint
+    when there is one."""
+    run = ctx.run
+    has_anchor = run.has_anchor()
+    sync("anchor checked")  # every process decides before any starts writing
+    if not has_anchor:
+        run.save_anchor(model.params)  # every process takes part in an Orbax save
+    sync("anchor written")
+    state = method.init(ctx, model, run.restore_anchor_numpy(model.params))
+    start = run.latest_step() or 0
+    if start:
+        others = {k: v for k, v in state.items() if k != "params"}
+        params, meta, extra = run.restore(start, state["params"], extra_like=others)
+        state = {"params": params, **extra}
+        for key, value in method.seed_meta.items():
+            if meta.get(key) != value:
+                name = key.replace("_", ".")
+                raise ConfigError(f"checkpoint {start} was made with {name}={meta.get(key)}")
+    if ctx.primary:
+        for log in (run.metrics, run.es_log):
+            if log.path.exists():
+                log.truncate_after(start)
+    return state, start
+
+
+def train(s: RunSettings, method: Method) -> Params:
+    """Run (or resume) `method` as `s` says; returns the final parameters."""
+    run, train_examples, eval_examples = prepare(s, data_seed=method.data_seed)
+    primary = jax.process_index() == 0
+    if primary:
+        run.write_config(to_dict(s))
+    model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
+    task = tasks.get_task(s.task.name)
+    ctx = Context(
+        s, run, primary, task, model.config, model.tokenizer, train_examples, eval_examples,
+        scoring.encode(task, train_examples, model.tokenizer),
+    )  # fmt: skip
+    state, start = start_state(ctx, method, model)
+    del model
+    logs = Loggers(
+        run, s.log if primary else LogSettings(tensorboard=False), to_dict(s), enabled=primary
+    )
+    bar = tqdm(total=method.num_steps, initial=start, desc=method.label, unit=method.unit,
+               disable=not (s.log.progress and primary))  # fmt: skip
+
+    def heldout(params) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        m = scoring.heldout_accuracy(
+            ctx.config, local_copy(params), ctx.tokenizer, task, eval_examples,
+            max_new_tokens=s.task.max_new_tokens, batch_size=s.eval.batch_size,
+        )  # fmt: skip
+        return {**{f"eval/{k}": v for k, v in m.items()}, "time/eval": time.perf_counter() - t0}
+
+    if start == 0 and s.eval.num_examples and s.eval.interval:
+        logs.write(0, {**heldout(state["params"]), "drift_norm": 0.0})
+    last, checkpoint_seconds = method.num_steps, None
+    for t in range(start + 1, last + 1):
+        t_iter = time.perf_counter()
+        state, metrics = method.step(ctx, state, t)
+        if s.eval.num_examples and itstime(t, every=s.eval.interval, last=last):
+            metrics.update(heldout(state["params"]))
+        metrics["time/iteration"] = time.perf_counter() - t_iter
+        if checkpoint_seconds is not None:  # the checkpoint saved after the previous row
+            metrics["time/last_checkpoint"], checkpoint_seconds = checkpoint_seconds, None
+        logs.write(t, metrics)  # the row goes first (see the module docstring)
+        if itstime(t, every=s.checkpoint.interval, last=last):
+            t0 = time.perf_counter()
+            others = {k: v for k, v in state.items() if k != "params"}
+            run.save(t, state["params"], {"iteration": t, **method.seed_meta}, extra=others)
+            checkpoint_seconds = time.perf_counter() - t0
+        bar.set_postfix(method.postfix(metrics))
+        bar.update(1)
+    bar.close()
+    if primary and s.export and not (start == last and run.final_dir.exists()):
+        host = jax.tree.map(es.host_value, state["params"])
+        models.export(models.Model(ctx.config, host, ctx.tokenizer), run.final_dir)
+    sync("exported")
+    logs.close()
+    run.close()
+    return state["params"]

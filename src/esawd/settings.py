@@ -1,0 +1,385 @@
+"""The one settings schema: every key of a run, its default, and whether a resumed run may
+change it.
+
+The frozen dataclasses below are the only place a key and its default are written. Configs
+(`configs/*.py`) start from `config_dict(method)`, the same tree as an ml-collections
+ConfigDict; `from_config` turns a (locked, overridden) config back into `RunSettings`;
+`to_dict` is what `config.json` in the run directory stores. A method's run holds only its
+own sections (`METHOD_SECTIONS`), so no key is silently ignored.
+
+Library functions never take these objects: the training loop unpacks them into plain
+arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# A field marked resumable may differ between the stored config.json and a resumed run.
+RESUMABLE = {"resumable": True}
+
+
+def _field(default: Any, *, resumable: bool = False) -> Any:
+    meta = RESUMABLE if resumable else {}
+    if dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class ConfigError(ValueError):
+    """A setting the run refuses, raised before any model is loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    name: str = "smollm2-135m-instruct"  # preset, local HF dir, .gguf path or hub id
+    compute_dtype: str = "float32"  # masters stay float32
+    cache_dir: str = _field("", resumable=True)  # "" = $ESAWD_CACHE_DIR or ~/.cache/esawd
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+    name: str = "countdown"
+    # folder with <task>/ (e.g. ../shared/data); "" = procedural Countdown / the hub
+    data_dir: str = _field("", resumable=True)
+    num_train: int = 200
+    max_new_tokens: int = 1024
+    train_split: str = "train"
+    eval_split: str = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class ESSettings:
+    population_size: int = 30  # N: members per iteration (2K with antithetic sampling)
+    sigma: float = 1e-3
+    alpha: float = 5e-4
+    antithetic: bool = False
+    num_iterations: int = _field(500, resumable=True)
+    seed: int = 0
+    noise_sharing: str = "none"  # "shape" reproduces the reference's correlated noise
+    # members vmapped together on one device (0: as many as fit in its memory)
+    members_per_batch: int = _field(1, resumable=True)
+    # devices on the `pop` mesh axis (0: every device of every process)
+    num_devices: int = _field(0, resumable=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AWDSettings:
+    kind: str = "l2"  # "none", "l1" or "l2"
+    lam: float = 10.0  # paper: l2 10, l1 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    num_steps: int = _field(500, resumable=True)
+    prompts_per_step: int = 200  # drawn from the task.num_train training prompts each step
+    group_size: int = 30  # n completions per prompt
+    temperature: float = 1.0
+    learning_rate: float = 1e-6
+    kl_coef: float = 1e-3  # beta: k3 KL to theta_0
+    clip_eps: float = 0.2
+    mini_batch_size: int = 32  # prompts (groups) per optimizer update, as verl counts them
+    # sequences per gradient computation (accumulated): changes only the summation order
+    micro_batch_size: int = _field(8, resumable=True)
+    generate_batch_size: int = 256  # sequences per sampler call
+    weight_decay: float = 0.01  # AdamW's (towards 0, not theta_0)
+    max_grad_norm: float = 1.0  # global-norm clipping before AdamW (0: off)
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    adv_eps: float = 1e-6  # added to the group std
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    interval: int = 50  # held-out accuracy every this many iterations (0: only at the end)
+    num_examples: int = 200
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+    interval: int = 50
+    max_to_keep: int | None = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "esawd"
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+    """Several processes (hosts): `enabled` calls jax.distributed.initialize with these values;
+    empty/negative values are auto-detected (SLURM, Open MPI, ...)."""
+
+    enabled: bool = False
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    # CPU only: split this process's CPU into this many JAX devices (0: JAX's default, one).
+    # Members then generate concurrently: 1.18x on 2 cores (docs/benchmarks.md); results are
+    # bitwise the same. No effect on the GPU backend.
+    cpu_devices: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """One training run. Sections of the other method are None (`METHOD_SECTIONS`)."""
+
+    method: str = "es"  # "es" or "grpo"
+    workdir: str = ""  # required: the run directory
+    model: ModelSettings = _field(ModelSettings())
+    task: TaskSettings = _field(TaskSettings())
+    es: ESSettings | None = _field(ESSettings())
+    awd: AWDSettings | None = _field(AWDSettings())
+    grpo: GRPOSettings | None = None
+    eval: EvalSettings = _field(EvalSettings(), resumable=True)
+    checkpoint: CheckpointSettings = _field(CheckpointSettings(), resumable=True)
+    log: LogSettings = _field(LogSettings(), resumable=True)
+    export: bool = _field(True, resumable=True)  # write the final model to <workdir>/final
+    distributed: DistributedSettings | None = _field(DistributedSettings(), resumable=True)
+
+
+SECTIONS = {
+    "es": ESSettings,
+    "awd": AWDSettings,
+    "grpo": GRPOSettings,
+    "distributed": DistributedSettings,
+}
+# The optional sections each method has; GRPO runs on one process, so it has no `distributed`.
+METHOD_SECTIONS = {"es": ("es", "awd", "distributed"), "grpo": ("grpo",)}
+METHODS = tuple(METHOD_SECTIONS)
+
+
+def defaults(method: str = "es") -> RunSettings:
+    """The default settings of `method`, with exactly that method's sections."""
+    _check_method(method)
+    wanted = METHOD_SECTIONS[method]
+    return RunSettings(
+        method=method, **{k: (cls() if k in wanted else None) for k, cls in SECTIONS.items()}
+    )
+
+
+def to_dict(s: RunSettings) -> dict[str, Any]:
+    """The settings as a nested dict without the absent sections: what config.json holds."""
+    return {k: v for k, v in dataclasses.asdict(s).items() if v is not None}
+
+
+def config_dict(method: str = "es"):
+    """An ml-collections ConfigDict of `method`'s defaults: what every config file starts from."""
+    from ml_collections import ConfigDict
+
+    return ConfigDict(to_dict(defaults(method)))
+
+
+def from_config(c: Any) -> RunSettings:
+    """Typed settings from a config (a ConfigDict or a nested mapping) of the schema's tree."""
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    method = d.get("method", "es")
+    _check_method(method)
+    if not d.get("workdir"):
+        raise ConfigError("workdir is empty: pass --config.workdir=DIR (the run dir).")
+    fields = {f.name: f for f in dataclasses.fields(RunSettings)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; the schema is esawd.settings.")
+    kwargs: dict[str, Any] = {k: None for k in SECTIONS}
+    for key, value in d.items():
+        cls = _section_class(fields[key])
+        kwargs[key] = _build(cls, value, key) if cls is not None else value
+    return RunSettings(**kwargs)
+
+
+def _section_class(f: dataclasses.Field) -> type | None:
+    if f.name in SECTIONS:
+        return SECTIONS[f.name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _build(cls: type, value: Mapping[str, Any] | None, key: str) -> Any:
+    if value is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"unknown keys {[f'{key}.{u}' for u in unknown]}; valid: {sorted(names)}")
+    return cls(**value)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHOD_SECTIONS:
+        raise ConfigError(f"method={method!r} is unknown; use one of {METHODS}.")
+
+
+def resumable_keys() -> tuple[str, ...]:
+    """Dotted keys (a trailing "." marks a whole section) that a resumed run may change."""
+    out = []
+    for f in dataclasses.fields(RunSettings):
+        cls = _section_class(f)
+        if f.metadata.get("resumable"):
+            out.append(f"{f.name}." if cls is not None else f.name)
+        elif cls is not None:
+            out += [f"{f.name}.{g.name}" for g in dataclasses.fields(cls) if g.metadata]
+    return tuple(out)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(stored: Mapping[str, Any], current: Mapping[str, Any], *, workdir: str) -> None:
+    """Refuse to resume a run directory whose stored config differs in a key that matters."""
+    resumable = resumable_keys()
+    a, b = flatten(stored), flatten(current)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key) or key in resumable or key.startswith(_prefixes(resumable)):
+            continue
+        raise ConfigError(
+            f"{workdir} holds a run with {key}={a.get(key)!r}, but this config has "
+            f"{key}={b.get(key)!r}; use a new workdir, or the stored value to resume."
+        )
+
+
+def _prefixes(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in keys if k.endswith("."))
+
+
+# ---------------------------------------------------------------------------------------
+# Checks: bad settings are refused with the key, the value and the valid range.
+# ---------------------------------------------------------------------------------------
+
+
+def _bad(key: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is invalid: {valid}.")
+
+
+def _at_least_one(**keys: int) -> None:
+    for key, value in keys.items():
+        if value < 1:
+            raise _bad(key.replace("__", "."), value, "must be >= 1")
+
+
+def _positive(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(key, value, "must be a positive finite number")
+
+
+def check(s: RunSettings, *, device_count: int | None = None) -> None:
+    """Refuse bad settings of either method before anything heavy is loaded."""
+    _check_method(s.method)
+    missing = [k for k in METHOD_SECTIONS[s.method] if getattr(s, k) is None]
+    if missing:
+        raise ConfigError(f"method={s.method!r} needs the config sections {missing}.")
+    _check_common(s)
+    if s.method == "es":
+        _check_es(s, device_count=device_count)
+    else:
+        _check_grpo(s)
+
+
+def _check_common(s: RunSettings) -> None:
+    from esawd import models, tasks
+
+    if s.task.name not in tasks.TASK_NAMES:
+        raise _bad("task.name", s.task.name, f"valid tasks are {', '.join(tasks.TASK_NAMES)}")
+    if not tasks.get_task(s.task.name).is_target:
+        raise _bad("task.name", s.task.name, f"train on a target task {tasks.TARGET_TASKS}")
+    name = s.model.name
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if (
+        name not in models.PRESETS
+        and not Path(name).expanduser().exists()
+        and not looks_like_hub_id
+    ):
+        raise _bad(
+            "model.name",
+            name,
+            f"use a preset ({', '.join(sorted(models.PRESETS))}), an existing Hugging Face "
+            "directory or .gguf file, or a hub id 'org/name'",
+        )
+    if s.model.compute_dtype not in ("float32", "bfloat16", "float16"):
+        raise _bad("model.compute_dtype", s.model.compute_dtype, "float32, bfloat16 or float16")
+    if s.task.data_dir and not Path(s.task.data_dir).expanduser().is_dir():
+        raise _bad("task.data_dir", s.task.data_dir, "no such directory")
+    _at_least_one(task__num_train=s.task.num_train, task__max_new_tokens=s.task.max_new_tokens)
+    if s.eval.interval < 0 or s.eval.num_examples < 0 or s.eval.batch_size < 1:
+        raise _bad("eval", dataclasses.asdict(s.eval), "interval, num_examples >= 0, batch >= 1")
+    if s.checkpoint.interval < 1:
+        raise _bad("checkpoint.interval", s.checkpoint.interval, "must be >= 1")
+
+
+def _check_es(s: RunSettings, *, device_count: int | None) -> None:
+    from esawd import es
+
+    e = s.es
+    _at_least_one(es__num_iterations=e.num_iterations)
+    if e.population_size < 2:
+        raise _bad("es.population_size", e.population_size, "need at least 2 members to z-score")
+    if e.antithetic and e.population_size % 2:
+        raise _bad(
+            "es.population_size",
+            e.population_size,
+            "must be even with es.antithetic=True (K seeds give 2K members)",
+        )
+    _positive("es.sigma", e.sigma)
+    _positive("es.alpha", e.alpha)
+    if e.noise_sharing not in es.NOISE_SHARING:
+        raise _bad("es.noise_sharing", e.noise_sharing, f"one of {es.NOISE_SHARING}")
+    if e.members_per_batch < 0:
+        raise _bad("es.members_per_batch", e.members_per_batch, "0 (from memory) or >= 1")
+    if device_count is not None and not 0 <= e.num_devices <= device_count:
+        raise _bad("es.num_devices", e.num_devices, f"0 (all) to {device_count}")
+    try:
+        es.check_awd(alpha=e.alpha, lam=s.awd.lam, kind=s.awd.kind)
+    except ValueError as err:
+        raise ConfigError(f"awd.kind={s.awd.kind!r}, awd.lam={s.awd.lam!r}: {err}") from None
+    if s.distributed is not None and s.distributed.cpu_devices < 0:
+        raise _bad("distributed.cpu_devices", s.distributed.cpu_devices, "0 (default) or more")
+
+
+def _check_grpo(s: RunSettings) -> None:
+    g = s.grpo
+    _at_least_one(**{f"grpo__{k}": getattr(g, k) for k in (
+        "num_steps", "prompts_per_step", "mini_batch_size", "micro_batch_size",
+        "generate_batch_size",
+    )})  # fmt: skip
+    if g.group_size < 2:
+        raise _bad("grpo.group_size", g.group_size, "need at least 2 completions per prompt")
+    if g.prompts_per_step > s.task.num_train:
+        raise _bad(
+            "grpo.prompts_per_step",
+            g.prompts_per_step,
+            f"at most task.num_train={s.task.num_train} (raise task.num_train or lower this)",
+        )
+    if g.mini_batch_size > g.prompts_per_step:
+        raise _bad(
+            "grpo.mini_batch_size", g.mini_batch_size, f"at most {g.prompts_per_step} prompts"
+        )
+    for key in ("temperature", "learning_rate", "adv_eps", "adam_eps"):
+        _positive(f"grpo.{key}", getattr(g, key))
+    for key in ("kl_coef", "weight_decay", "max_grad_norm"):
+        value = getattr(g, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise _bad(f"grpo.{key}", value, "must be a finite number >= 0")
+    if not 0 < g.clip_eps < 1:
+        raise _bad("grpo.clip_eps", g.clip_eps, "must lie in (0, 1)")
+    for key in ("adam_b1", "adam_b2"):
+        if not 0 <= getattr(g, key) < 1:
+            raise _bad(f"grpo.{key}", getattr(g, key), "must lie in [0, 1)")

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run test files under conditions that change XLA:CPU's reduction order, fusion and math
+# library without changing the maths (docs/testing.md). A test that passes under the default
+# but fails here compares more tightly than its dtype and reduction size allow.
+#
+#   tests/conditions.sh [CONDITION ...] [-- PYTEST ARGS]     (default: every condition, the
+#                                                             numeric files)
+# e.g. tests/conditions.sh one-core -- tests/test_grpo.py -k loss
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+NUMERIC="tests/test_es.py tests/test_grpo.py tests/test_models.py tests/test_sampling.py
+         tests/test_analysis.py tests/test_toy.py tests/test_figures.py"
+
+# name|prefix run before python (env assignments and/or taskset)
+CONDITIONS=(
+  "default|"
+  "devices-1|env JAX_NUM_CPU_DEVICES=1"
+  "devices-8|env JAX_NUM_CPU_DEVICES=8"
+  "one-core|taskset -c 0"
+  "no-library-calls|env XLA_FLAGS=--xla_disable_hlo_passes=dot-library-rewriter"
+  "portable-math|env XLA_FLAGS=--xla_cpu_enable_platform_dependent_math=false --xla_cpu_multi_thread_eigen=false"
+  "unfused|env XLA_FLAGS=--xla_cpu_use_fusion_emitters=false --xla_disable_hlo_passes=fusion"
+  "narrow-vectors|env XLA_FLAGS=--xla_cpu_max_isa=SSE4_2 --xla_cpu_prefer_vector_width=128 --xla_backend_optimization_level=0"
+  "worst|taskset -c 0 env JAX_NUM_CPU_DEVICES=8 XLA_FLAGS=--xla_disable_hlo_passes=dot-library-rewriter,fusion --xla_cpu_enable_platform_dependent_math=false --xla_cpu_multi_thread_eigen=false --xla_cpu_max_isa=SSE4_2"
+)
+
+wanted=() args=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; args=("$@"); break; fi
+  wanted+=("$1"); shift
+done
+[ ${#args[@]} -eq 0 ] && args=($NUMERIC)
+
+status=0
+for entry in "${CONDITIONS[@]}"; do
+  name=${entry%%|*} prefix=${entry#*|}
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then continue; fi
+  echo "=== $name: $prefix"
+  # XLA_FLAGS holds spaces: split the prefix on the first XLA_FLAGS= by hand.
+  if [[ $prefix == *XLA_FLAGS=* ]]; then
+    head=${prefix%%XLA_FLAGS=*} flags=${prefix#*XLA_FLAGS=}
+    # shellcheck disable=SC2086
+    $head XLA_FLAGS="$flags" "$PY" -m pytest -q -p no:cacheprovider "${args[@]}" || status=1
+  else
+    # shellcheck disable=SC2086
+    $prefix "$PY" -m pytest -q -p no:cacheprovider "${args[@]}" || status=1
+  fi
+done
+exit $status
