@@ -1,7 +1,7 @@
 """Test-wide settings: faked CPU devices so sharded code paths run on one machine.
 
-Four devices unless JAX_NUM_CPU_DEVICES names another count: docs/testing.md reruns the suite
-with 1 and 8 to change XLA:CPU's reduction order; tests that need four devices skip below.
+Four devices unless JAX_NUM_CPU_DEVICES names another count: `tests/conditions.sh`
+(docs/testing.md) reruns test files with 1 and 8 to change XLA:CPU's reduction order.
 """
 
 import os

@@ -295,7 +295,7 @@ def check(s: RunSettings, *, device_count: int | None = None) -> None:
 
 
 def _check_common(s: RunSettings) -> None:
-    from esawd import models, tasks
+    from esawd import models, tasks  # here, not at the top: the schema itself imports no JAX
 
     if s.task.name not in tasks.TASK_NAMES:
         raise _bad("task.name", s.task.name, f"valid tasks are {', '.join(tasks.TASK_NAMES)}")
@@ -326,7 +326,7 @@ def _check_common(s: RunSettings) -> None:
 
 
 def _check_es(s: RunSettings, *, device_count: int | None) -> None:
-    from esawd import es
+    from esawd import es  # here, not at the top: the schema itself imports no JAX
 
     e = s.es
     _at_least_one(es__num_iterations=e.num_iterations)
