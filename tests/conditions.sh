@@ -4,13 +4,15 @@
 # but fails here compares more tightly than its dtype and reduction size allow.
 #
 #   tests/conditions.sh [CONDITION ...] [-- PYTEST ARGS]     (default: every condition, the
-#                                                             numeric files)
+#                                                             numeric files' fast tests)
 # e.g. tests/conditions.sh one-core -- tests/test_grpo.py -k loss
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-NUMERIC="tests/test_es.py tests/test_grpo.py tests/test_models.py tests/test_sampling.py
-         tests/test_analysis.py tests/test_toy.py tests/test_figures.py"
+# The files that compare results of two different programs, without the slow tests (whole
+# runs compared with themselves, statistical tests, subprocesses; see docs/testing.md).
+NUMERIC=(tests/test_es.py tests/test_grpo.py tests/test_models.py tests/test_sampling.py
+         tests/test_analysis.py tests/test_distributed.py tests/test_numerics.py)
 
 # name|prefix run before python (env assignments and/or taskset)
 CONDITIONS=(
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
   if [ "$1" = "--" ]; then shift; args=("$@"); break; fi
   wanted+=("$1"); shift
 done
-[ ${#args[@]} -eq 0 ] && args=($NUMERIC)
+[ ${#args[@]} -eq 0 ] && args=(-m "not slow" "${NUMERIC[@]}")
 
 status=0
 for entry in "${CONDITIONS[@]}"; do

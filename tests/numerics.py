@@ -33,6 +33,26 @@ like sqrt(n) u instead, so for the few-hundred-term sums of these tests it is at
 above what is seen, and still far below a real bug: a missing term or wrong sign moves the
 result by a whole term, a 1e-3 relative error moves it by 1e-3 sum |x_i| >> 2 n u sum |x_i|
 for n << 1e-3 / (2u) ~ 8000 terms in float32.
+
+A decoder's output is a chain of such sums: `forward_terms(config, seq_len)` counts the
+roundings on the longest path from an embedding to one logit (each layer's two RMSNorms, the
+q.k dot, the softmax sum and the p.v sum over the keys, o_proj, the MLP's two matmuls and a
+few elementwise steps, then the final norm and the head), plus the vocabulary when the result
+is a log-softmax: about 1,700 for the sampler's 5-layer test model, 120,000 for SmolLM2-135M.
+The worst case n u is then far too loose (0.03 relative for SmolLM2: a 1e-3 bug would pass),
+so `logit_tol` uses the statistical bound instead: independent roundings of random sign, each
+at most u times the scale, add like a random walk with standard deviation sqrt(n / 3) u; the
+difference of two evaluations has sqrt(2) times that, and SIGMAS = 6 standard deviations of
+it make a false failure a one-in-10^8 event per value, i.e. tol = 6 sqrt(2 n / 3) u scale.
+The scale is the largest |logit| (or |log-prob|) the comparison sees. This is a model, not a
+proof: normalisations and the softmax can amplify an error somewhat, and the roundings are not
+truly independent; `tests/conditions.sh` checks that the bound holds under reduction orders,
+fusions and math libraries the default run never uses.
+
+Greedy decoding turns values into choices: two programs whose logits differ by a rounding pick
+different tokens wherever the top two logits are closer than that. `assert_greedy_picks` and
+`assert_same_greedy` therefore require a token to be the argmax only where its margin exceeds
+the tolerance, and accept either of a near-tie.
 """
 
 from __future__ import annotations
@@ -41,6 +61,7 @@ import ml_dtypes
 import numpy as np
 
 SAFETY = 2.0
+SIGMAS = 6.0
 
 
 def unit_roundoff(dtype) -> float:
@@ -51,6 +72,63 @@ def unit_roundoff(dtype) -> float:
 def float_tol(dtype, terms: int = 1, *, safety: float = SAFETY) -> float:
     """|a - b| / sum|x_i| allowed between two evaluations of a `terms`-rounding sum in dtype."""
     return safety * 2 * max(int(terms), 1) * unit_roundoff(dtype)
+
+
+def forward_terms(config, seq_len: int, *, log_softmax: bool = False) -> int:
+    """Roundings on the longest chain from an embedding to one logit of `config`'s decoder."""
+    c = config
+    per_layer = 2 * c.d_model + c.head_dim + 2 * seq_len + c.n_heads * c.head_dim + c.d_model
+    per_layer += c.d_ff + 16  # rope, softmax exp/divide, SiLU, gate product, residual adds
+    return c.n_layers * per_layer + 2 * c.d_model + (c.vocab_size + 2 if log_softmax else 0)
+
+
+def chain_tol(dtype, terms: int, *, sigmas: float = SIGMAS) -> float:
+    """|a - b| / scale allowed between two evaluations of a long chain of `terms` roundings,
+    each at most u * scale, of random sign (the statistical bound above)."""
+    return sigmas * float(np.sqrt(2 * max(int(terms), 1) / 3)) * unit_roundoff(dtype)
+
+
+def logit_tol(config, seq_len: int, scale: float, *, log_softmax: bool = False) -> float:
+    """Absolute difference allowed between two float32 evaluations of `config`'s logits (or
+    log-probs) over `seq_len` positions whose largest magnitude is `scale`."""
+    terms = forward_terms(config, seq_len, log_softmax=log_softmax)
+    return chain_tol(np.float32, terms) * float(scale)
+
+
+def assert_greedy_picks(tokens, logits, *, tol: float) -> None:
+    """Each of `tokens` [..., T] is within `tol` of the best of its `logits` [..., T, V], and
+    is the argmax wherever the runner-up is more than `tol` behind."""
+    tokens, logits = np.asarray(tokens), np.asarray(logits, np.float64)
+    picked = np.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    best = logits.max(axis=-1)
+    short = best - picked
+    if np.any(short > tol):
+        i = np.unravel_index(np.argmax(short), short.shape)
+        raise AssertionError(
+            f"token {tokens[i]} at {i} is {short[i]:.3g} below the best logit "
+            f"(token {logits[i].argmax()}), more than the tolerance {tol:.3g}"
+        )
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > tol
+    np.testing.assert_array_equal(tokens[clear], logits.argmax(-1)[clear])
+
+
+def assert_same_greedy(a, b, logits, *, tol: float) -> None:
+    """Two greedy decodes `a`, `b` [B, T] agree up to a near-tie: where they first differ,
+    both tokens are within `tol` of the best of `logits` [B, T, V] (a's teacher-forced logits),
+    and past that point they may diverge."""
+    a, b, logits = np.asarray(a), np.asarray(b), np.asarray(logits, np.float64)
+    for r in range(a.shape[0]):
+        diff = np.flatnonzero(a[r] != b[r])
+        if diff.size == 0:
+            continue
+        t = int(diff[0])
+        row = logits[r, t]
+        gap = row.max() - min(row[a[r, t]], row[b[r, t]])
+        assert gap <= tol, (
+            f"row {r} first differs at step {t} ({a[r, t]} vs {b[r, t]}) where the logits are "
+            f"{gap:.3g} apart, more than a rounding ({tol:.3g}) explains"
+        )
 
 
 def assert_sum_close(got, want, *, scale, dtype, terms: int, safety: float = SAFETY) -> None:

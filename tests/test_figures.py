@@ -49,6 +49,7 @@ def runs(tmp_path_factory):
     return [c.workdir for c in configs]
 
 
+@pytest.mark.slow
 def test_figures_command_writes_every_figure(runs, tmp_path, capsys):
     figures_cli.main(["--workdirs", *runs, "--out", str(tmp_path), "--no_toy"])
     written = {p.name for p in tmp_path.iterdir()}
@@ -113,6 +114,7 @@ def execute(notebook: Path, parameters: str, cwd: Path):
     return nb
 
 
+@pytest.mark.slow
 def test_forgetting_notebook_executes(runs, tmp_path):
     out = tmp_path / "figs"
     nb = execute(
@@ -125,6 +127,7 @@ def test_forgetting_notebook_executes(runs, tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in shown) == len(RUN_FIGURES)
 
 
+@pytest.mark.slow
 def test_toy_notebook_executes(tmp_path):
     out = tmp_path / "toy.png"
     execute(

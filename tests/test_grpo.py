@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_model
+from numerics import assert_sum_close, chain_tol, float_tol, forward_terms, logit_tol
 from tiny_model import assert_bitwise, leaves, write_tiny_model
 from trainer_driver import patch_reward
 
@@ -54,6 +55,17 @@ def np_advantages(rewards, eps):
     return out
 
 
+def np_loss_terms(logp, old, ref, adv, mask, beta):
+    """Sum of the absolute values that the loss adds up, per token: |rho A| + beta (e^d + |d| +
+    1), the scale of its rounding error (numerics); and |d loss / d logp| per token, bounded
+    by the same expression without the constant."""
+    rho = np.exp(logp.astype(np.float64) - old)
+    d = ref.astype(np.float64) - logp
+    scale = np.abs(rho * adv[:, None]) + beta * (np.exp(d) + np.abs(d) + 1)
+    slope = np.abs(rho * adv[:, None]) + beta * (np.exp(d) + 1)
+    return np.where(mask, scale, 0), np.where(mask, slope, 0)
+
+
 def np_loss(logp, old, ref, adv, mask, clip_eps, beta, num_tokens):
     """Token by token: -min(rho A, clip(rho) A) + beta k3, summed over real tokens / count."""
     total, clipped = 0.0, 0
@@ -74,9 +86,16 @@ def np_loss(logp, old, ref, adv, mask, clip_eps, beta, num_tokens):
 def test_group_advantages_match_numpy():
     rewards = np.array([[1.0, 0.0, 0.5, 0.25], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 3.0]])
     got = np.asarray(grpo.group_advantages(rewards, eps=1e-6))
-    np.testing.assert_allclose(got, np_advantages(rewards, 1e-6), rtol=1e-6, atol=1e-6)
+    # float32 against float64: (r - mean) / std after a mean and a variance over the group,
+    # 2 G + 5 roundings of values of size (|r| + |mean|) / std (numerics).
+    G = rewards.shape[1]
+    mean, std = rewards.mean(1, keepdims=True), rewards.std(1, ddof=1, keepdims=True)
+    scale = (np.abs(rewards) + np.abs(mean)) / (std + 1e-6)
+    assert_sum_close(got, np_advantages(rewards, 1e-6), scale=scale, dtype=np.float32,
+                     terms=2 * G + 5)  # fmt: skip
     assert np.all(got[1] == 0)  # a group with equal rewards carries no signal
-    np.testing.assert_allclose(got.mean(axis=1), 0, atol=1e-6)
+    assert_sum_close(got.mean(axis=1), 0, scale=np.abs(got).sum(1), dtype=np.float32,
+                     terms=3 * G + 5)  # fmt: skip
     with pytest.raises(ValueError, match=r"\[prompts, group >= 2\].*\(3,\)"):
         grpo.group_advantages(np.ones(3))
 
@@ -85,12 +104,17 @@ def test_k3_kl_matches_numpy_and_is_non_negative():
     logp = np.log(np.array([0.5, 0.1, 0.9, 0.3]))
     ref = np.log(np.array([0.5, 0.3, 0.2, 0.31]))
     d = ref - logp
-    np.testing.assert_allclose(np.asarray(grpo.k3_kl(logp, ref)), np.exp(d) - d - 1, rtol=1e-5)
+    # e^d - d - 1 cancels for small d: the error scales with e^d + |d| + 1, not with the
+    # result; a subtraction, an exp (2 roundings) and two more subtractions (numerics).
+    assert_sum_close(grpo.k3_kl(logp, ref), np.exp(d) - d - 1, scale=np.exp(d) + np.abs(d) + 1,
+                     dtype=np.float32, terms=5)  # fmt: skip
     assert float(grpo.k3_kl(logp, ref)[0]) == 0.0 and np.all(np.asarray(grpo.k3_kl(logp, ref)) >= 0)
     # unbiased: E_{x~pi}[k3] = KL(pi || ref) on a small categorical
     pi, pr = np.array([0.2, 0.5, 0.3]), np.array([0.4, 0.4, 0.2])
     k3 = np.asarray(grpo.k3_kl(np.log(pi), np.log(pr)))
-    np.testing.assert_allclose((pi * k3).sum(), (pi * np.log(pi / pr)).sum(), rtol=1e-5)
+    d = np.log(pr / pi)
+    assert_sum_close((pi * k3).sum(), (pi * np.log(pi / pr)).sum(), dtype=np.float32, terms=9,
+                     scale=(pi * (np.exp(d) + np.abs(d) + 1)).sum())  # fmt: skip
 
 
 def test_policy_loss_matches_numpy_with_clipping_and_micro_batches():
@@ -106,7 +130,10 @@ def test_policy_loss_matches_numpy_with_clipping_and_micro_batches():
     loss, aux = grpo.policy_loss(
         logp, old, ref, adv, mask, clip_eps=0.2, kl_coef=0.05, num_tokens=n
     )
-    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    # float32 against float64: a sum over n tokens of terms of both signs, each a few
+    # roundings deep (exp, min, clip, the KL term): n + 8 roundings of sum |terms| / n.
+    scale = np_loss_terms(logp, old, ref, adv, mask, 0.05)[0].sum() / n
+    assert_sum_close(float(loss), want, scale=scale, dtype=np.float32, terms=n + 8)
     assert 0 < want_clipped < n and int(aux["clipped"]) == want_clipped
     assert int(aux["tokens"]) == n
     # micro-batches dividing by the mini-batch's token count add up to the whole
@@ -115,7 +142,7 @@ def test_policy_loss_matches_numpy_with_clipping_and_micro_batches():
                          num_tokens=n)[0]
         for s in (slice(0, 2), slice(2, 5))
     ]  # fmt: skip
-    np.testing.assert_allclose(float(sum(parts)), want, rtol=1e-5)
+    assert_sum_close(float(sum(parts)), want, scale=scale, dtype=np.float32, terms=n + 9)
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,7 +167,11 @@ def test_token_log_probs_match_the_sampler(tiny):
     cont_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
     got = sampling.token_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask, chunk=4)
     want = sampling.sequence_log_probs(tiny.config, tiny.params, ids, mask, tokens, cont_mask)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # Chunked with rematerialisation vs the sampler's scorer: two programs, equal to a float32
+    # forward's rounding (numerics.logit_tol).
+    tol = logit_tol(tiny.config, ids.shape[1] + tokens.shape[1], np.abs(np.asarray(want)).max(),
+                    log_softmax=True)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=tol, rtol=0)
     assert np.all(np.asarray(got)[~cont_mask] == 0) and np.all(np.asarray(got)[cont_mask] < 0)
 
 
@@ -182,7 +213,14 @@ def test_loss_gradient_matches_finite_differences(tiny, off_policy):
         return grpo.policy_loss(lp, fixed_old, ref_lp, adv, mask, clip_eps=KW[0], kl_coef=KW[1],
                                 num_tokens=n)[0]  # fmt: skip
 
-    assert float(loss_at(params)) == pytest.approx(float(loss), rel=1e-5)
+    # loss_at and _accumulate_grad are two programs (another fusion, rematerialised log-probs):
+    # each token's log-prob may differ by logit_tol, which moves the loss by at most
+    # sum |d loss / d logp| * that / n, plus the rounding of the sum itself (numerics).
+    lp = np.asarray(sampling.token_log_probs(cfg, params, ids, pmask, tokens, mask))
+    lp_tol = logit_tol(cfg, ids.shape[1] + tokens.shape[1], np.abs(lp).max(), log_softmax=True)
+    scale, slope = np_loss_terms(lp, np.asarray(fixed_old), np.asarray(ref_lp), adv, mask, KW[1])
+    tol = (slope.sum() * lp_tol + float_tol(np.float32, int(n) + 8) * scale.sum()) / float(n)
+    assert abs(float(loss_at(params)) - float(loss)) <= tol, (float(loss_at(params)), float(loss))
     rng = np.random.default_rng(1)
     for _ in range(2):
         v = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), params)
@@ -207,11 +245,17 @@ def test_micro_batch_accumulation_equals_one_batch(tiny):
     for s in (slice(0, 2), slice(2, 4)):
         acc, *_ = grpo._accumulate_grad(cfg, params, ref_params, acc, ids[s], pmask[s], tokens[s],
                                         mask[s], adv[s], old[s], n, *KW)  # fmt: skip
+    # Two micro-batches vs one batch: two programs. A gradient entry is a backward pass (the
+    # forward's chain again) summed over the batch's tokens: chain_tol of both, at the
+    # leaf's largest entry (numerics).
+    terms = 2 * forward_terms(cfg, ids.shape[1] + tokens.shape[1], log_softmax=True) + mask.size
     for a, b in zip(jax.tree.leaves(acc), jax.tree.leaves(whole), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+        tol = chain_tol(np.float32, terms) * np.abs(np.asarray(b)).max()
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=0)
     assert any(np.any(np.asarray(a) != 0) for a in jax.tree.leaves(acc))
 
 
+@pytest.mark.slow
 def test_grpo_increases_a_toy_reward(tiny):
     """Reward: the fraction of even token ids in the completion (about 1/2 at the start)."""
     cfg = tiny.config
@@ -290,7 +334,8 @@ def test_two_step_run_of_grpo_default_through_run_main(tmp_path, tiny_dir, monke
     assert any(np.any(x != y) for x, y in zip(leaves(final), leaves(theta0), strict=True))
 
 
-def test_resume_is_bitwise_equal(tmp_path, tiny_dir):
+@pytest.mark.slow
+def test_resume_is_bitwise_equal(tmp_path, tiny_dir):  # same programs, same inputs
     fast = {"eval.num_examples": 0, "log.tensorboard": False, "export": False}
     straight = train(tiny_config(tmp_path / "a", tiny_dir, **{**fast, "grpo.num_steps": 2}))
     train(tiny_config(tmp_path / "b", tiny_dir, **{**fast, "grpo.num_steps": 1}))
@@ -368,6 +413,7 @@ def tiny_qwen2_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("qwen2") / "model", arch="qwen2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", grpo_paper.variants())
 def test_paper_configs_tiny_dry_run(tmp_path, variant, request):
     data_dir = os.environ.get("ESAWD_DATA_DIR")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from tiny_model import write_tiny_model
 
 from esawd import models
@@ -59,6 +60,7 @@ CHILD = f"PAYLOAD = {PAYLOAD!r}\n" + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_convert_into_one_cache_at_once(tmp_path):
     tiny = write_tiny_model(tmp_path / "tiny")
     cache = tmp_path / "cache"

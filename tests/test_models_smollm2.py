@@ -7,12 +7,14 @@ then dequantize the same Q4_1 weights, so any difference is in the forward pass 
 
 import numpy as np
 import pytest
+from numerics import assert_greedy_picks, assert_same_greedy, logit_tol
 
 from esawd import models, sampling
 from esawd.models import embedded
 
 torch = pytest.importorskip("torch", reason="torch is a test requirement for parity checks")
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # a real 135M model, converted on first use
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -66,8 +68,11 @@ def test_logits_match_transformers_gguf(smollm2, reference):
         with torch.no_grad():
             want = reference(input_ids=torch.tensor([row])).logits[0].numpy()  # [T_i, V]
         got = ours[i, mask[i]]
-        assert np.abs(got - want).max() <= 2e-3, (i, np.abs(got - want).max())
-        np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+        # Another implementation of the same float32 maths (numerics.logit_tol): 30 layers put
+        # the chain at ~120k roundings, ~2.5e-3 at these logits; a near-tie may pick either.
+        tol = logit_tol(smollm2.config, len(row), np.abs(want).max())
+        np.testing.assert_allclose(got, want, atol=tol, rtol=0, err_msg=f"prompt {i}")
+        assert_greedy_picks(got.argmax(-1), want, tol=tol)
 
 
 def test_greedy_continuations_match_transformers(smollm2, reference):
@@ -86,5 +91,15 @@ def test_greedy_continuations_match_transformers(smollm2, reference):
             )  # fmt: skip
         want = out[0, len(row) :].numpy()
         want = want[: int(np.flatnonzero(want == eos)[0]) + 1] if np.any(want == eos) else want
-        np.testing.assert_array_equal(tokens[i, : lengths[i]], want)
+        got = tokens[i, : lengths[i]]
+        # Equal up to a near-tie (numerics.assert_same_greedy), judged on our logits of our
+        # continuation; where both stop, they stop at the same step.
+        n = min(len(got), len(want))
+        full = np.asarray([row + got.tolist()])
+        logits = models.forward(smollm2.config, smollm2.params, full, np.ones(full.shape, bool))
+        logits = np.asarray(logits)[:, len(row) - 1 : -1]
+        tol = logit_tol(smollm2.config, full.shape[1], np.abs(logits).max())
+        assert_same_greedy(got[None, :n], want[None, :n], logits[:, :n], tol=tol)
+        if np.array_equal(got[:n], want[:n]):
+            np.testing.assert_array_equal(got, want)
     assert lengths.max() > 10  # real text, not an immediate EOS

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_greedy_picks, assert_same_greedy, logit_tol
 
 from esawd import models, sampling
 from esawd.models import ModelConfig
@@ -76,7 +77,10 @@ def test_kv_cache_decoding_matches_full_forward(params):
         )  # fmt: skip
         got.append(np.asarray(logits))
     got = np.stack(got, axis=1)  # [B, 9, V]
-    np.testing.assert_allclose(got, want[:, P - 1 : P + 8], atol=1e-4, rtol=0)
+    # Prefill + cached decode and the full forward are different programs (other shapes,
+    # other fusions): they agree to a float32 forward pass's rounding (numerics.logit_tol).
+    tol = logit_tol(CONFIG, P + 9, np.abs(want).max())
+    np.testing.assert_allclose(got, want[:, P - 1 : P + 8], atol=tol, rtol=0)
     assert np.abs(got).max() > 1.0
 
 
@@ -89,22 +93,36 @@ def test_greedy_generate_follows_full_forward_argmax(params):
     full_ids = np.concatenate([ids, tokens], axis=1)
     full_mask = np.concatenate([mask, np.ones_like(tokens, bool)], axis=1)
     logits = np.asarray(models.forward(CONFIG, params, full_ids, full_mask))
-    np.testing.assert_array_equal(logits[:, ids.shape[1] - 1 : -1].argmax(-1), tokens)
+    logits = logits[:, ids.shape[1] - 1 : -1]
+    # Each pick is the full forward's argmax, up to a near-tie that the two programs' rounding
+    # may break either way.
+    tol = logit_tol(CONFIG, full_ids.shape[1], np.abs(logits).max())
+    assert_greedy_picks(tokens, logits, tol=tol)
     assert len(np.unique(tokens)) > 3  # not a degenerate constant output
     scanned, _ = sampling.generate(CONFIG, params, ids, mask, max_new_tokens=12,
                                    ignore_eos=True, unroll_layers=False)  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(scanned), tokens)  # both decode paths agree
+    assert_same_greedy(tokens, np.asarray(scanned), logits, tol=tol)  # both decode paths agree
 
 
 def test_left_padded_batch_equals_rows_one_by_one(params):
     rows = _prompts()
     ids, mask = sampling.left_pad(rows, pad_id=3)  # pad with the EOS id: the mask decides
     batch, batch_len = sampling.generate(CONFIG, params, ids, mask, max_new_tokens=10)
+    batch = np.asarray(batch)
+    # The batch and a row alone are different programs: they agree up to a near-tie
+    # (numerics.assert_same_greedy), judged on the batch's teacher-forced logits.
+    full_ids = np.concatenate([ids, np.maximum(batch, 0)], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(batch, bool)], axis=1)
+    logits = np.asarray(models.forward(CONFIG, params, full_ids, full_mask))[
+        :, ids.shape[1] - 1 : -1
+    ]
+    tol = logit_tol(CONFIG, full_ids.shape[1], np.abs(logits).max())
     for i, row in enumerate(rows):
         one_ids, one_mask = sampling.left_pad([row])
         one, one_len = sampling.generate(CONFIG, params, one_ids, one_mask, max_new_tokens=10)
-        np.testing.assert_array_equal(np.asarray(batch)[i], np.asarray(one)[0])
-        assert int(batch_len[i]) == int(one_len[0])
+        assert_same_greedy(batch[i : i + 1], np.asarray(one), logits[i : i + 1], tol=tol)
+        if np.array_equal(batch[i], np.asarray(one)[0]):
+            assert int(batch_len[i]) == int(one_len[0])
 
 
 def test_eos_stops_rows_and_pads(params):
@@ -116,6 +134,9 @@ def test_eos_stops_rows_and_pads(params):
                                         eos_ids=[stop], pad_id=0)  # fmt: skip
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     first = [int(np.flatnonzero(r == stop)[0]) + 1 if np.any(r == stop) else 8 for r in free]
+    # ignore_eos / eos_ids change only the stopping logic around the same forward; exact
+    # tokens, since this fixture's logits are O(1) apart (no near-tie to break differently;
+    # test_greedy_generate_follows_full_forward_argmax checks picks against the margin).
     np.testing.assert_array_equal(lengths, first)
     for r in range(3):
         np.testing.assert_array_equal(tokens[r, : first[r]], free[r, : first[r]])
@@ -139,7 +160,7 @@ def test_temperature_sampling_is_deterministic_given_key(params):
     b, _ = sampling.generate(CONFIG, params, ids, mask, key=jax.random.key(7), **kw)
     c, _ = sampling.generate(CONFIG, params, ids, mask, key=jax.random.key(8), **kw)
     greedy, _ = sampling.generate(CONFIG, params, ids, mask, max_new_tokens=16, ignore_eos=True)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same program, same key
     assert np.mean(np.asarray(a) != np.asarray(c)) > 0.3
     assert np.mean(np.asarray(a) != np.asarray(greedy)) > 0.3
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -168,5 +189,7 @@ def test_sequence_log_probs_match_forward(params):
                                      np.concatenate([mask, cont_mask], 1)))  # fmt: skip
     logp = jax.nn.log_softmax(full[:, ids.shape[1] - 1 : -1], axis=-1)
     want = np.take_along_axis(np.asarray(logp), cont[..., None], axis=-1)[..., 0]
-    np.testing.assert_allclose(lp, np.where(cont_mask, want, 0.0), atol=1e-5)
+    # Chunked scoring and one full forward are different programs (numerics.logit_tol).
+    tol = logit_tol(CONFIG, full.shape[1], np.abs(want).max(), log_softmax=True)
+    np.testing.assert_allclose(lp, np.where(cont_mask, want, 0.0), atol=tol, rtol=0)
     assert np.all(lp[cont_mask] < 0) and np.all(lp[~cont_mask] == 0)

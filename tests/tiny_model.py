@@ -169,7 +169,11 @@ def leaves(params) -> list:
 
 
 def assert_bitwise(a, b) -> None:
-    """Two parameter pytrees are bitwise equal, leaf by leaf."""
+    """Two parameter pytrees are bitwise equal, leaf by leaf.
+
+    Only for two results of the same computation: the same program on the same inputs (a
+    resume, a replay, a copy), or results that depend on other programs only through exact
+    values such as decoded tokens and their rewards; say which at the call (numerics.py)."""
     import numpy as np
 
     for x, y in zip(leaves(a), leaves(b), strict=True):

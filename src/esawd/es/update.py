@@ -11,6 +11,7 @@ from the seeds by `esawd.es.noise`, one chunk at a time, never stored.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -217,15 +218,19 @@ def _fused(x, delta, scale, anchor, alpha_lam, kind: str, drift: bool):
     return y, jnp.sum(d * d)
 
 
+# The leaf's noise stream is an argument, not part of the static spec: one compile per slice
+# shape instead of one per leaf (a decoder's q/o, k/v, gate/up and norm leaves share shapes).
 @functools.partial(jax.jit, static_argnames=("spec", "kind", "drift"), donate_argnums=0)
-def _leaf_step(x, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind, drift):
+def _leaf_step(x, anchor, seeds, coeffs, scale, alpha_lam, stream, *, spec, kind, drift):
+    spec = dataclasses.replace(spec, stream=stream)
     delta = _slice_delta(seeds, coeffs, spec, 0)
     return _fused(x, delta, scale, anchor, alpha_lam, kind, drift)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "kind", "drift"), donate_argnums=0)
-def _layer_step(x, layer, anchor, seeds, coeffs, scale, alpha_lam, *, spec, kind, drift):
+def _layer_step(x, layer, anchor, seeds, coeffs, scale, alpha_lam, stream, *, spec, kind, drift):
     # x: [L, ...] donated, so the slice is written in place.
+    spec = dataclasses.replace(spec, stream=stream)
     x_i = x[layer]
     delta = _slice_delta(seeds, coeffs, spec, layer)
     y, sq = _fused(x_i, delta, scale, anchor, alpha_lam, kind, drift)
@@ -248,10 +253,11 @@ def _check_anchor(anchor, treedef) -> None:
 def _fused_leaves(leaves, anchors, specs, seeds, coeffs, scale, alpha_lam, **kw):
     """Every slice through the fused kernel: the new leaves, and each slice's squared drift."""
     out, squares = [], []
-    for x, s, a in zip(leaves, specs, anchors, strict=True):
+    for x, spec, a in zip(leaves, specs, anchors, strict=True):
+        stream, s = np.uint32(spec.stream), dataclasses.replace(spec, stream=0)
         if not s.stacked:
             a_dev = None if a is None else _to_device(a, _memory_sharding(x, "device"))
-            y, sq = _leaf_step(x, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
+            y, sq = _leaf_step(x, a_dev, seeds, coeffs, scale, alpha_lam, stream, spec=s, **kw)
             out.append(y)
             squares.append(sq)
             continue
@@ -259,7 +265,7 @@ def _fused_leaves(leaves, anchors, specs, seeds, coeffs, scale, alpha_lam, **kw)
         for i in range(x.shape[0]):
             # The copy of layer i+1 is dispatched while layer i computes (async dispatch).
             a_dev = None if a is None else _to_device(a[i], target)
-            x, sq = _layer_step(x, i, a_dev, seeds, coeffs, scale, alpha_lam, spec=s, **kw)
+            x, sq = _layer_step(x, i, a_dev, seeds, coeffs, scale, alpha_lam, stream, spec=s, **kw)
             squares.append(sq)
         out.append(x)
     return out, squares
