@@ -24,9 +24,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 # .ci/env.sh first: the CPU and the jax/jaxlib/flax/torch versions, so a log says where it ran.
+# One pytest-xdist worker per usable core: the suite is mostly XLA compiling tiny programs,
+# which runs on one thread. `loadgroup` keeps each module marked xdist_group (costly module
+# fixtures) on one worker. PYTEST_WORKERS=0 runs in this process alone.
+PYTEST_WORKERS ?= $(shell nproc)
 test: lint
 	@.ci/env.sh $(PY)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=5
 
 # The numeric test files under XLA:CPU conditions that reorder reductions (docs/testing.md);
 # CONDITIONS="one-core worst" picks some, ARGS="tests/test_grpo.py" other files.

@@ -50,3 +50,11 @@ def four_devices():
     if NUM_CPU_DEVICES < 4:
         pytest.skip(f"shards over 4 CPU devices; JAX_NUM_CPU_DEVICES={NUM_CPU_DEVICES}")
     return jax.devices()[:4]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory):
+    """A tiny Qwen2-shaped model (q/k/v biases) for the paper configs' dry runs, written once."""
+    from tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("qwen2") / "model", arch="qwen2")

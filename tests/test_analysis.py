@@ -34,6 +34,10 @@ def parity_reward(self, completion, example):
     return {"reward": correct, "format_reward": float(code % 3 == 0), "answer_reward": correct}
 
 
+# One pytest-xdist worker for the module, so its ES run and KL samples are computed once.
+pytestmark = pytest.mark.xdist_group("analysis")
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

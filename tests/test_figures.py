@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_FIGURES = {f"{name}.png" for name in figures.FIGURES}
 
 
+# One pytest-xdist worker for the module, so its evaluated runs are trained once.
+pytestmark = pytest.mark.xdist_group("figures")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tiny ES, ES + AWD and GRPO runs, each evaluated at every checkpoint."""

@@ -408,11 +408,6 @@ def test_paper_configs_build_with_paper_settings(variant):
         grpo_paper.get_config("countdown_qwen7b")
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("qwen2") / "model", arch="qwen2")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", grpo_paper.variants())
 def test_paper_configs_tiny_dry_run(tmp_path, variant, request):

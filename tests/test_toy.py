@@ -5,7 +5,8 @@ import pytest
 
 from esawd import toy
 
-pytestmark = pytest.mark.slow  # 2,000 ES iterations in the module fixture
+# 2,000 ES iterations in the module fixture: slow, and on one pytest-xdist worker (computed once)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toy")]
 
 COMMON = dict(num_iterations=500, dim=2000, num_constrained=10, alpha=5e-4, sigma=1e-3)
 
