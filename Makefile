@@ -25,8 +25,9 @@ lint: $(VENV)/.installed
 
 # .ci/env.sh first: the CPU and the jax/jaxlib/flax/torch versions, so a log says where it ran.
 # One pytest-xdist worker per usable core: the suite is mostly XLA compiling tiny programs,
-# which runs on one thread. `loadgroup` keeps each module marked xdist_group (costly module
-# fixtures) on one worker. PYTEST_WORKERS=0 runs in this process alone.
+# which runs on one thread. `loadgroup` is meant to keep each module marked xdist_group (costly
+# module fixtures) on one worker; measured, it does not yet (docs/testing.md).
+# PYTEST_WORKERS=0 runs in this process alone.
 PYTEST_WORKERS ?= $(shell nproc)
 test: lint
 	@.ci/env.sh $(PY)

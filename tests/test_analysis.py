@@ -34,7 +34,8 @@ def parity_reward(self, completion, example):
     return {"reward": correct, "format_reward": float(code % 3 == 0), "answer_reward": correct}
 
 
-# One pytest-xdist worker for the module, so its ES run and KL samples are computed once.
+# Meant to keep the module on one pytest-xdist worker so its ES run and KL samples are
+# computed once (not yet effective, docs/testing.md).
 pytestmark = pytest.mark.xdist_group("analysis")
 
 

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_FIGURES = {f"{name}.png" for name in figures.FIGURES}
 
 
-# One pytest-xdist worker for the module, so its evaluated runs are trained once.
+# Meant to keep the module on one pytest-xdist worker so its runs train once (not yet
+# effective, docs/testing.md).
 pytestmark = pytest.mark.xdist_group("figures")
 
 

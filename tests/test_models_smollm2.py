@@ -14,7 +14,8 @@ from esawd.models import embedded
 
 torch = pytest.importorskip("torch", reason="torch is a test requirement for parity checks")
 transformers = pytest.importorskip("transformers")
-# a real 135M model, converted on first use: slow, and on one pytest-xdist worker (loaded once)
+# a real 135M model, converted on first use: slow; grouped for one pytest-xdist worker
+# (not yet effective, docs/testing.md)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
 
 CHATS = [

@@ -5,7 +5,8 @@ import pytest
 
 from esawd import toy
 
-# 2,000 ES iterations in the module fixture: slow, and on one pytest-xdist worker (computed once)
+# 2,000 ES iterations in the module fixture: slow; the group is meant to keep it on one
+# pytest-xdist worker, which does not yet hold (docs/testing.md)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toy")]
 
 COMMON = dict(num_iterations=500, dim=2000, num_constrained=10, alpha=5e-4, sigma=1e-3)
