@@ -7,10 +7,10 @@ Four devices unless JAX_NUM_CPU_DEVICES names another count: `tests/conditions.s
 Most of the suite's time is XLA compiling the same tiny-model programs again: every training
 run builds its jitted functions afresh, and every subprocess starts cold. JAX's persistent
 cache, keyed by the program, the compile options, XLA_FLAGS and the jax version, serves
-those from disk (a tiny ES run: 5.5 s -> 1.0 s in one process, 20 s -> 7.5 s in a new one;
-docs/testing.md). It lives in a temporary directory removed after the session, so every
-`make test` starts cold like CI; JAX_COMPILATION_CACHE_DIR names one to keep instead. The
-environment variables carry it into the tests' subprocesses.
+those from disk (benchmarks/compile_cache_bench.py: a later tiny ES run 5.8x faster, a new
+process's first 2.6x; docs/benchmarks.md). It lives in a temporary directory removed after
+the session, so every `make test` starts cold like CI; JAX_COMPILATION_CACHE_DIR names one
+to keep instead. The environment variables carry it into the tests' subprocesses.
 """
 
 import atexit

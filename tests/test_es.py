@@ -94,11 +94,7 @@ def np_algorithm1(theta, theta0, seeds, rewards, *, sigma, alpha, antithetic, ki
     coeffs = z[0] - z[1] if antithetic else z[0]
     n = rewards.size
     step = jax.tree.map(lambda *e: sum(c * x for c, x in zip(coeffs, e, strict=True)), *eps)
-    size = jax.tree.map(
-        lambda t, a, *e: np.abs(t) + np.abs(a)
-        + alpha / n * sum(abs(c) * np.abs(x) for c, x in zip(coeffs, e, strict=True)),
-        theta, theta0, *eps,
-    )  # fmt: skip
+    size = update_scale(theta, seeds, coeffs, alpha=alpha, population_size=n, anchor=theta0)
     theta = cast_like(jax.tree.map(lambda t, s: t + alpha / n * s, theta, step), like)
     if kind == "l2":
         theta = jax.tree.map(lambda t, a: a + (1 - alpha * lam) * (t - a), theta, theta0)
