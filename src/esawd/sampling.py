@@ -7,6 +7,9 @@ has emitted an EOS. Prompts are left-padded with an explicit mask (chat template
 token inside prompts, so padding is never detected by token value); positions come from the
 mask, and prompt widths are rounded up to a bucket so new batches reuse the compiled code.
 
+`generate_population` decodes a batch of ES population members at once over one copy of the
+weights, each with its low-rank perturbation in factored form (`esawd.es.member_perturbation`).
+
 `prefill` and `decode_step` expose the same two phases one call at a time, donating the cache
 so it is updated in place across calls; `sequence_log_probs` scores given continuations (for
 KL penalties and GRPO).
@@ -78,40 +81,43 @@ def bucket_width(n: int, *, bucket: int) -> int:
 # ------------------------------------------------------------------------------ the two phases
 
 
-def _prefill(config, params, prompt_ids, prompt_mask, cache):
+def _prefill(config, params, prompt_ids, prompt_mask, cache, pert=None):
     """Run the prompt [B, P] into cache slots [0, P); logits [B, V] of its last position."""
     P, S = prompt_ids.shape[1], cache["v"].shape[3]
     cache_mask = jnp.pad(prompt_mask, ((0, 0), (0, S - P)))  # [B, S]
     h, cache = hidden_states(
-        config, params, prompt_ids, positions_from_mask(prompt_mask), cache_mask, cache=cache
-    )
-    return logits_from_hidden(config, params, h[:, -1]), cache, cache_mask
+        config, params, prompt_ids, positions_from_mask(prompt_mask), cache_mask, cache=cache,
+        perturbation=pert,
+    )  # fmt: skip
+    return logits_from_hidden(config, params, h[:, -1], perturbation=pert), cache, cache_mask
 
 
-def _decode(config, params, token, position, cache_mask, cache, write_index):
+def _decode(config, params, token, position, cache_mask, cache, write_index, pert=None):
     """One token per row at cache slot write_index: logits [B, V] and the updated cache."""
     cache_mask = jax.lax.dynamic_update_slice(
         cache_mask, jnp.ones((cache_mask.shape[0], 1), bool), (0, write_index)
     )
     h, cache = hidden_states(
         config, params, token[:, None], position[:, None], cache_mask, cache=cache,
-        write_index=write_index,
+        write_index=write_index, perturbation=pert,
     )  # fmt: skip
-    return logits_from_hidden(config, params, h[:, 0]), cache, cache_mask
+    return logits_from_hidden(config, params, h[:, 0], perturbation=pert), cache, cache_mask
 
 
 def _decode_unrolled(
-    config, params, layer_params, token, position, cache_mask, caches, write_index
-):
+    config, params, layer_params, token, position, cache_mask, caches, write_index,
+    pert=None, layer_perts=None,
+):  # fmt: skip
     """`_decode` over per-layer params and caches (no per-step slicing of stacked arrays)."""
     cache_mask = jax.lax.dynamic_update_slice(
         cache_mask, jnp.ones((cache_mask.shape[0], 1), bool), (0, write_index)
     )
     h, caches = hidden_states_unrolled(
         config, params, layer_params, token[:, None], position[:, None], cache_mask,
-        caches=caches, write_index=write_index,
+        caches=caches, write_index=write_index, perturbation=pert,
+        layer_perturbations=layer_perts,
     )  # fmt: skip
-    return logits_from_hidden(config, params, h[:, 0]), caches, cache_mask
+    return logits_from_hidden(config, params, h[:, 0], perturbation=pert), caches, cache_mask
 
 
 @functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
@@ -155,19 +161,78 @@ def _pick(logits, key, temperature, greedy):
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
+def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_layers):
+    """The prefill and decode-step functions of `_generate` over rows [B], and the empty cache.
+
+    Without `pert`, the B rows are the prompts. With a batch of M members' perturbations
+    (leaves [M, ...]) the rows are M x prompts, member-major: the model runs once per step over
+    the shared weights (vmapped over members, which XLA turns into one matmul of all rows per
+    weight) with each member's low-rank factors; each row keeps its own KV cache.
+    """
+    B0 = prompt_ids.shape[0]
+    if pert is None:
+        cache = init_cache(config, batch=B0, length=length)
+        if not unroll_layers:
+            decode = lambda *a: _decode(config, params, *a)
+            return lambda c: _prefill(config, params, prompt_ids, prompt_mask, c), decode, cache
+        # per-layer (fused) weights, copied once here rather than sliced at every step
+        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
+        decode = lambda *a: _decode_unrolled(config, params, layer_params, *a)
+        return lambda c: _prefill(config, params, prompt_ids, prompt_mask, c), decode, cache
+
+    M = jax.tree.leaves(pert)[0].shape[0]
+    flat = lambda x: x.reshape(M * B0, *x.shape[2:])  # [M, B0, ...] -> [B, ...]
+    split = lambda x: x.reshape(M, B0, *x.shape[1:])  # [B, ...] -> [M, B0, ...]
+    cache = jax.tree.map(lambda x: jnp.zeros((M, *x.shape), x.dtype),
+                         init_cache(config, batch=B0, length=length))  # fmt: skip
+
+    def prefill(cache):
+        one = lambda p, c: _prefill(config, params, prompt_ids, prompt_mask, c, p)
+        logits, cache, cache_mask = jax.vmap(one)(pert, cache)
+        return flat(logits), cache, flat(cache_mask)
+
+    if unroll_layers:
+        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
+        layer_perts = jax.vmap(lambda p: [fuse_layer_params(lp) for lp in unstack_layers(p)])(
+            pert
+        )  # per layer, leaves [M, ...]
+
+        def step(p, lps, *a):
+            return _decode_unrolled(config, params, layer_params, *a, p, lps)
+
+        args = (pert, layer_perts)
+    else:
+        step = lambda p, *a: _decode(config, params, *a, p)
+        args = (pert,)
+
+    def decode(token, position, cache_mask, cache, write_index):
+        axes = (0,) * len(args) + (0, 0, 0, 0, None)
+        logits, cache, cache_mask = jax.vmap(step, in_axes=axes)(
+            *args, split(token), split(position), split(cache_mask), cache, write_index
+        )
+        return flat(logits), cache, flat(cache_mask)
+
+    return prefill, decode, cache
+
+
 @functools.partial(
     jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos", "unroll_layers")
 )
 def _generate(
-    config, params, prompt_ids, prompt_mask, eos, temperature, key, pad_id, *,
+    config, params, prompt_ids, prompt_mask, eos, temperature, key, pad_id, perturbation=None, *,
     max_new_tokens, greedy, ignore_eos, unroll_layers,
 ):  # fmt: skip
-    B, P = prompt_ids.shape
+    P = prompt_ids.shape[1]
     N = max_new_tokens
     params = cast_params(params, config.dtype)  # once, outside the decode loop
-    cache = init_cache(config, batch=B, length=P + N)  # lives in the loop carry: updated in place
-    logits, cache, cache_mask = _prefill(config, params, prompt_ids, prompt_mask, cache)
-    prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+    if perturbation is not None:
+        perturbation = cast_params(perturbation, config.dtype)
+    prefill, decode, cache = _model_fns(
+        config, params, perturbation, prompt_ids, prompt_mask, P + N, unroll_layers
+    )  # the cache lives in the loop carry: updated in place
+    logits, cache, cache_mask = prefill(cache)
+    B = logits.shape[0]
+    prompt_len = jnp.tile(prompt_mask.sum(axis=1).astype(jnp.int32), B // prompt_ids.shape[0])
     key, sub = jax.random.split(key)
     token = _pick(logits, sub, temperature, greedy)  # [B]
     tokens = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token)  # [B, N]
@@ -179,23 +244,19 @@ def _generate(
         step, _, _, done, *_ = state
         return (step < N) & ~jnp.all(done)
 
-    if unroll_layers:
-        # per-layer (fused) weights, copied once here rather than sliced at every step
-        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
-        cache = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(config.n_layers)]
+    if unroll_layers:  # per-layer caches: [L, ...] -> L x [...], or [M, L, ...] -> L x [M, ...]
+        at = 0 if perturbation is None else 1
+        cache = [
+            {k: jax.lax.index_in_dim(v, i, at, keepdims=False) for k, v in cache.items()}
+            for i in range(config.n_layers)
+        ]
 
     def body(state):
         step, token, tokens, done, lengths, cache, cache_mask, key = state
         # the token picked at step-1 sits at cache slot P+step-1 and position len+step-1
-        if unroll_layers:
-            logits, cache, cache_mask = _decode_unrolled(
-                config, params, layer_params, token, prompt_len + step - 1, cache_mask, cache,
-                P + step - 1,
-            )  # fmt: skip
-        else:
-            logits, cache, cache_mask = _decode(
-                config, params, token, prompt_len + step - 1, cache_mask, cache, P + step - 1
-            )
+        logits, cache, cache_mask = decode(
+            token, prompt_len + step - 1, cache_mask, cache, P + step - 1
+        )
         key, sub = jax.random.split(key)
         new = jnp.where(done, pad_id, _pick(logits, sub, temperature, greedy))
         tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
@@ -233,6 +294,54 @@ def generate(
     unroll_layers=True decodes with the layers unrolled over per-layer copies of the weights
     (faster on CPU, compile time grows with depth); False keeps the scanned layers.
     """
+    args, kw = _generate_args(
+        config, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        eos_ids=eos_ids, key=key, ignore_eos=ignore_eos, pad_id=pad_id, bucket=bucket,
+    )  # fmt: skip
+    return _generate(config, params, *args, **kw, unroll_layers=unroll_layers)
+
+
+def generate_population(
+    config: ModelConfig,
+    params: Params,
+    perturbation: Params,
+    prompt_ids: jax.Array | np.ndarray,
+    prompt_mask: jax.Array | np.ndarray,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_ids: Sequence[int] | None = None,
+    key: PRNGKey | None = None,
+    ignore_eos: bool = False,
+    pad_id: int | None = None,
+    bucket: int = 64,
+    unroll_layers: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """`generate` for M population members at once, over one copy of the shared `params`:
+    (tokens [M, B, max_new_tokens], lengths [M, B]).
+
+    `perturbation` holds the members' factored perturbations stacked on a leading axis [M]
+    (`jax.vmap(esawd.es.member_perturbation)` over their seeds). The M x B rows decode as one
+    batch: each weight matmul runs once for all rows, each member adds its own low-rank term,
+    and member m's rows equal `generate` from its dense perturbed parameters (to rounding).
+    Sampling (temperature > 0) draws one key for all M x B rows.
+    """
+    args, kw = _generate_args(
+        config, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        eos_ids=eos_ids, key=key, ignore_eos=ignore_eos, pad_id=pad_id, bucket=bucket,
+    )  # fmt: skip
+    tokens, lengths = _generate(
+        config, params, *args, perturbation, **kw, unroll_layers=unroll_layers
+    )
+    M = jax.tree.leaves(perturbation)[0].shape[0]
+    return tokens.reshape(M, -1, tokens.shape[-1]), lengths.reshape(M, -1)
+
+
+def _generate_args(
+    config, prompt_ids, prompt_mask, *, max_new_tokens, temperature, eos_ids, key, ignore_eos,
+    pad_id, bucket,
+):  # fmt: skip
+    """Check `generate`'s arguments; the positional and static arguments of `_generate`."""
     ids = np.asarray(prompt_ids, np.int32)
     mask = np.asarray(prompt_mask, bool)
     if ids.shape != mask.shape:
@@ -260,13 +369,15 @@ def generate(
     ids, mask = ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
     ids = np.pad(ids, ((0, 0), (width - longest, 0)), constant_values=pad_id)
     mask = np.pad(mask, ((0, 0), (width - longest, 0)))
-    return _generate(
-        config, params, jnp.asarray(ids), jnp.asarray(mask),
-        jnp.asarray(eos if eos else (-1,), jnp.int32), jnp.float32(max(temperature, 1e-6)),
-        jax.random.key(0) if key is None else key, jnp.int32(pad_id),
-        max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos,
-        unroll_layers=unroll_layers,
+    args = (
+        jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(eos if eos else (-1,), jnp.int32),
+        jnp.float32(max(temperature, 1e-6)), jax.random.key(0) if key is None else key,
+        jnp.int32(pad_id),
     )  # fmt: skip
+    static = dict(
+        max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos
+    )
+    return args, static
 
 
 # ------------------------------------------------------------------------------ scoring

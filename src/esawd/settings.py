@@ -61,8 +61,12 @@ class ESSettings:
     num_iterations: int = _field(500, resumable=True)
     seed: int = 0
     noise_sharing: str = "none"  # "shape" reproduces the reference's correlated noise
-    # members vmapped together on one device (0: as many as fit in its memory)
-    members_per_batch: int = _field(1, resumable=True)
+    # 0: full-rank noise (the paper's); r >= 1: each weight matrix's noise is A B^T / sqrt(r)
+    # (EGGROLL), and the members of a device decode as one batch over the shared weights
+    noise_rank: int = 0
+    # members generated together on one device (0: automatic; 1 at full rank, as many as fit
+    # in the device's memory at low rank)
+    members_per_batch: int = _field(0, resumable=True)
     # devices on the `pop` mesh axis (0: every device of every process)
     num_devices: int = _field(0, resumable=True)
 
@@ -245,10 +249,16 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resumable(stored: Mapping[str, Any], current: Mapping[str, Any], *, workdir: str) -> None:
-    """Refuse to resume a run directory whose stored config differs in a key that matters."""
+    """Refuse to resume a run directory whose stored config differs in a key that matters.
+
+    A key the stored config lacks (added to the schema after the run was made) matches its
+    default, the value the run was made with."""
     resumable = resumable_keys()
     a, b = flatten(stored), flatten(current)
+    known = flatten(to_dict(defaults(current.get("method", "es"))))
     for key in sorted(set(a) | set(b)):
+        if key not in a and key in known:
+            a[key] = known[key]
         if a.get(key) == b.get(key) or key in resumable or key.startswith(_prefixes(resumable)):
             continue
         raise ConfigError(
@@ -342,8 +352,10 @@ def _check_es(s: RunSettings, *, device_count: int | None) -> None:
     _positive("es.alpha", e.alpha)
     if e.noise_sharing not in es.NOISE_SHARING:
         raise _bad("es.noise_sharing", e.noise_sharing, f"one of {es.NOISE_SHARING}")
+    if not (isinstance(e.noise_rank, int) and e.noise_rank >= 0):
+        raise _bad("es.noise_rank", e.noise_rank, "0 (full-rank noise) or a rank r >= 1")
     if e.members_per_batch < 0:
-        raise _bad("es.members_per_batch", e.members_per_batch, "0 (from memory) or >= 1")
+        raise _bad("es.members_per_batch", e.members_per_batch, "0 (automatic) or >= 1")
     if device_count is not None and not 0 <= e.num_devices <= device_count:
         raise _bad("es.num_devices", e.num_devices, f"0 (all) to {device_count}")
     try:

@@ -13,7 +13,8 @@ Fine-Tuning with Evolution Strategies":
 `es_step` fuses the last two lines with theta_0 held in host memory and returns
 `(params, metrics)`. Modules, by job:
 
-- `noise`: eps(s) as a pure function of (seed, leaf path, layer index); `perturb`, seeds.
+- `noise`: eps(s) as a pure function of (seed, leaf path, layer index); `perturb`, seeds;
+  low-rank noise (`rank=r`) and a member's factored perturbation (`member_perturbation`).
 - `update`: reward normalisation, the ES update, anchored weight decay, the fused `es_step`.
 - `anchor`: theta_0 in pinned host memory (`HostAnchor`) and the placement helpers.
 - `population`: sharded population evaluation over the `pop` mesh axis.
@@ -35,6 +36,7 @@ from esawd.es.noise import (
     is_stacked,
     iteration_seeds,
     leaf_id,
+    member_perturbation,
     perturb,
     sample_noise,
     slice_noise,
@@ -66,6 +68,7 @@ __all__ = [
     "is_stacked",
     "iteration_seeds",
     "leaf_id",
+    "member_perturbation",
     "normalize_rewards",
     "perturb",
     "population_mesh",

@@ -15,6 +15,7 @@ uninterrupted one, and theta_t can be replayed from theta_0 and `es_log.jsonl` (
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from esawd import sampling, scoring
+from esawd import models, sampling, scoring
 from esawd.es.anchor import HostAnchor, host_anchor, host_value
 from esawd.es.noise import iteration_seeds
 from esawd.es.population import evaluate_population, population_mesh
@@ -37,15 +38,20 @@ from esawd.types import Params
 # ---------------------------------------------------------------------------------------
 
 
-def member_bytes(config, *, batch: int, width: int, max_new_tokens: int) -> int:
+def member_bytes(config, *, batch: int, width: int, max_new_tokens: int, rank: int = 0) -> int:
     """An estimate of the device memory one population member's generation needs: its
-    perturbed float32 parameters and their compute-dtype and decode-layout copies, the KV
+    perturbed float32 parameters and their compute-dtype and decode-layout copies (at low
+    rank: its factors, their fused decode layout and its perturbed norms and biases), the KV
     cache, the prefill's largest activations (the MLP's and the attention scores over the
     cache) and the logits."""
     c = config
     item = np.dtype(c.dtype).itemsize
     slots = width + max_new_tokens
-    params = c.num_params() * (4 + 2 * item)
+    if rank:
+        # float32 factors, compute-dtype copies, the decode layout's fused (block) factors
+        params = perturbation_elements(c, rank) * (4 + 3 * item)
+    else:
+        params = c.num_params() * (4 + 2 * item)
     cache = 2 * c.n_layers * batch * c.n_kv_heads * c.head_dim * slots * item
     prefill = batch * width * (2 * c.d_ff + 4 * c.d_model) * item
     scores = batch * c.n_heads * width * slots * 4 * 2  # scores and probabilities, float32
@@ -53,20 +59,43 @@ def member_bytes(config, *, batch: int, width: int, max_new_tokens: int) -> int:
     return int(params + cache + prefill + scores + logits)
 
 
+def perturbation_elements(config, rank: int) -> int:
+    """Elements of one member's factored perturbation: (m + n) r per 2-D weight slice, and
+    every norm scale and bias."""
+    total = 0
+    for path, shape in jax.tree_util.tree_flatten_with_path(
+        models.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple)
+    )[0]:
+        stacked = any(getattr(k, "key", None) == "layers" for k in path)
+        layers, piece = (shape[0], shape[1:]) if stacked else (1, shape)
+        total += layers * (sum(piece) * rank if len(piece) == 2 else math.prod(piece))
+    return total
+
+
 def members_per_batch_for(
-    device, *, member_bytes: int, members: int, reserved_bytes: int = 0, headroom: float = 0.8
-) -> int:
-    """How many members to vmap together on `device` (es.members_per_batch=0): as many of its
-    `members` as fit, at `member_bytes` each, in `headroom` of its memory limit less
+    device, *, member_bytes: int, members: int, reserved_bytes: int = 0, headroom: float = 0.8,
+    host_bytes: int | None = None,
+) -> int:  # fmt: skip
+    """How many members to generate together on `device` (es.members_per_batch=0): as many of
+    its `members` as fit, at `member_bytes` each, in `headroom` of its memory limit less
     `reserved_bytes` (what the trainer keeps there anyway). The limit, not the memory free at
     the moment, so that every process of a multi-host run picks the same number. A device that
-    reports no limit (the CPU) gets 1: vmapping members measured no faster there
+    reports no limit (the CPU) uses `host_bytes` when given (low rank: this process's share of
+    the machine's memory), else gets 1: vmapping full-rank members measured no faster there
     (docs/benchmarks.md), since each member brings its own weights."""
     stats = device.memory_stats()
-    if not stats or not stats.get("bytes_limit"):
+    limit = stats.get("bytes_limit") if stats else None
+    limit = limit or host_bytes
+    if not limit:
         return 1
-    free = headroom * stats["bytes_limit"] - reserved_bytes
+    free = headroom * limit - reserved_bytes
     return max(1, min(members, int(free) // max(1, member_bytes)))
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory, shared by this process's CPU devices."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total // max(1, len(jax.local_devices(backend="cpu")))
 
 
 def make_generate_fn(
@@ -90,6 +119,23 @@ def make_generate_fn(
     return generate
 
 
+def make_population_generate_fn(
+    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False
+) -> Callable:
+    """The factored fitness(params, perturbations, keys) -> (tokens [M, B, T], lengths [M, B]):
+    M members' greedy generations on the prompts as one batch over the shared weights."""
+    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
+
+    def generate(params, perturbations, keys):
+        del keys  # greedy decoding, as in the paper
+        return sampling.generate_population(
+            config, params, perturbations, ids, mask, max_new_tokens=max_new_tokens,
+            ignore_eos=ignore_eos, bucket=1,
+        )  # fmt: skip
+
+    return generate
+
+
 def population_fitness(
     generate_fn: Callable,
     params: Params,
@@ -101,8 +147,12 @@ def population_fitness(
     mesh,
     members_per_batch: int,
     noise_sharing: str,
+    rank: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-member mean scores, [N] or [2, K]; each group is scored while the next generates.
+
+    rank >= 1: `generate_fn` is factored (`make_population_generate_fn`); each device
+    generates `members_per_batch` members as one batch over the shared weights.
 
     Also returns `score_seconds`: host decoding + reward time, overlapped with generation.
     """
@@ -133,6 +183,8 @@ def population_fitness(
             mesh=mesh,
             members_per_batch=members_per_batch,
             noise_sharing=noise_sharing,
+            rank=rank,
+            factored=rank > 0,
         )  # dispatched asynchronously
         if pending is not None:
             finish(pending)
@@ -189,12 +241,14 @@ def replay(
 
 
 # The es_step settings each es_log.jsonl row records beside its seeds and coefficients.
-ES_LOG_KEYS = ("alpha", "population_size", "lam", "kind", "noise_sharing")
+ES_LOG_KEYS = ("alpha", "population_size", "lam", "kind", "noise_sharing", "noise_rank")
 
 
 def es_log_settings(row: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `es_step` recorded in an es_log row."""
-    return {k: row[k] for k in ES_LOG_KEYS}
+    """The keyword arguments of `es_step` recorded in an es_log row (rows written before low
+    rank existed have no noise_rank: full rank)."""
+    kw = {k: row[k] for k in ES_LOG_KEYS if k != "noise_rank"}
+    return {**kw, "rank": int(row.get("noise_rank", 0))}
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,18 +272,27 @@ class ESMethod:
     def init(self, ctx: Context, model, theta0: Params) -> dict[str, Any]:
         s, config = self.s, ctx.config
         self.mesh = population_mesh(jax.devices()[: s.es.num_devices or None])
-        self.generate_fn = make_generate_fn(
+        rank = s.es.noise_rank
+        make = make_population_generate_fn if rank else make_generate_fn
+        self.generate_fn = make(
             config, ctx.prompts.ids, ctx.prompts.mask, max_new_tokens=s.task.max_new_tokens
         )
         self.per_batch = s.es.members_per_batch
-        if not self.per_batch:  # from the memory of this process's first device
+        if not self.per_batch and not rank:
+            # Full rank: one member at a time. Each member brings its own weights, so batching
+            # saves no weight reads; vmapped generation measured no faster (docs/benchmarks.md).
+            self.per_batch = 1
+        elif not self.per_batch:  # low rank: as many as fit in this process's first device
             width = int(np.asarray(ctx.prompts.mask).sum(axis=1).max())
             need = member_bytes(config, batch=len(ctx.train_examples), width=width,
-                                max_new_tokens=s.task.max_new_tokens)  # fmt: skip
+                                max_new_tokens=s.task.max_new_tokens, rank=rank)  # fmt: skip
+            item = np.dtype(config.dtype).itemsize
             self.per_batch = members_per_batch_for(
                 jax.local_devices()[0], member_bytes=need,
                 members=-(-s.es.population_size // self.mesh.size),
-                reserved_bytes=3 * 4 * config.num_params(),  # theta_t, its update, an anchor slice
+                # theta_t, its update, an anchor slice; the shared compute and decode copies
+                reserved_bytes=(3 * 4 + 2 * item) * config.num_params(),
+                host_bytes=host_memory_bytes(),
             )  # fmt: skip
 
         def score_fn(tokens, lengths):
@@ -248,7 +311,7 @@ class ESMethod:
         member = population_fitness(
             self.generate_fn, state["params"], seeds, self.score_fn, sigma=e.sigma,
             antithetic=e.antithetic, mesh=self.mesh, members_per_batch=self.per_batch,
-            noise_sharing=e.noise_sharing,
+            noise_sharing=e.noise_sharing, rank=e.noise_rank,
         )  # fmt: skip
         t_pop = time.perf_counter()
         if not np.all(np.isfinite(member["reward"])):
@@ -259,9 +322,11 @@ class ESMethod:
         coeffs = normalize_rewards(member["reward"], antithetic=e.antithetic)
         row = {
             "alpha": e.alpha, "population_size": e.population_size, "lam": self.awd.lam,
-            "kind": self.awd.kind, "noise_sharing": e.noise_sharing,
+            "kind": self.awd.kind, "noise_sharing": e.noise_sharing, "noise_rank": e.noise_rank,
         }  # fmt: skip
-        params, upd = es_step(state["params"], self.anchor, seeds, coeffs, **row, with_drift=True)
+        params, upd = es_step(
+            state["params"], self.anchor, seeds, coeffs, **es_log_settings(row), with_drift=True
+        )
         t_update = time.perf_counter()
         if not math.isfinite(upd["drift_norm"]):  # a NaN or Inf anywhere makes it non-finite
             raise FloatingPointError(

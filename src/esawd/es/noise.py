@@ -9,6 +9,14 @@ and equals the corresponding part of the full draw. The reference implementation
 reseeds its generator for every tensor, so all tensors of one shape share their noise within
 a member; `noise_sharing="shape"` reproduces that (a reproduction switch, off by default).
 
+Low-rank noise (`rank=r >= 1`, after EGGROLL, "Evolution Strategies at the Hyperscale"): every
+slice with exactly two dimensions `[m, n]` (each layer of a stacked kernel, the embedding, an
+untied head) gets `E = A B^T / sqrt(r)` with `A [m, r]` and `B [n, r]` standard normal from the
+slice's key, so every entry still has variance 1 and sigma means what it means at full rank;
+other slices (norm scales, biases) keep full-rank noise. `member_perturbation` gives a member's
+perturbation in factored form, for a forward pass that never materialises `W + sigma E`
+(`esawd.models`); `sample_noise` and `perturb` give the same noise densely.
+
 Every noise bit of the package comes from `_chunk_noise(seed, spec, layer, chunk)`, given the
 static `_LeafSpec` of its leaf: the perturbation here and the update's accumulation in
 `esawd.es.update` both draw through it. Another kind of noise adds its static facts to
@@ -26,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from esawd.types import Params, Seeds
@@ -34,6 +43,8 @@ STACKED_KEY = "layers"
 NOISE_SHARING = ("none", "shape")
 _SEED_STREAM = 0x5EED_5EED
 _MAX_SEED = 2**31 - 1
+# Folded into a low-rank slice's key, so its factors never reuse a full-rank draw's bits.
+_LOWRANK_STREAM = 0x10_4A_4C
 # Slices larger than this many elements draw their noise in row chunks with one key each,
 # so the generator's temporaries (several times the drawn size) stay bounded. Part of the
 # noise's definition: changing it changes every large leaf's draw.
@@ -82,12 +93,20 @@ class _LeafSpec:
     slice_shape: tuple[int, ...]  # shape of one layer slice (the whole leaf if unstacked)
     stream: int  # leaf id, or shape id under noise_sharing="shape"
     per_layer: bool  # fold the layer index into the key
+    rank: int = 0  # low-rank factors of this rank (0: full-rank noise)
+
+    @property
+    def lowrank(self) -> bool:
+        """True if this slice's noise is the rank-r product A B^T / sqrt(r)."""
+        return self.rank > 0
 
     @property
     def chunk_rows(self) -> int:
         """Rows of the slice drawn per key: large slices are drawn in row chunks."""
         if len(self.slice_shape) == 0:
             return 1
+        if self.lowrank:  # the factors are small: one draw
+            return self.slice_shape[0]
         row = math.prod(self.slice_shape[1:])
         return max(1, min(self.slice_shape[0], CHUNK_ELEMENTS // max(row, 1)))
 
@@ -98,20 +117,32 @@ class _LeafSpec:
         return -(-self.slice_shape[0] // self.chunk_rows)
 
 
-def _spec(path: Sequence[Any], shape: Sequence[int], noise_sharing: str) -> _LeafSpec:
+def _check_rank(rank: int) -> None:
+    if not (isinstance(rank, int | np.integer) and rank >= 0):
+        raise ValueError(
+            f"rank={rank!r} must be an int >= 0: 0 for full-rank noise, r >= 1 for noise "
+            "A B^T / sqrt(r) on every 2-D weight slice (es.noise_rank)."
+        )
+
+
+def _spec(
+    path: Sequence[Any], shape: Sequence[int], noise_sharing: str, rank: int = 0
+) -> _LeafSpec:
     stacked = is_stacked(path) and len(shape) >= 1
     slice_shape = tuple(int(d) for d in (shape[1:] if stacked else shape))
+    rank = int(rank) if len(slice_shape) == 2 else 0  # matrices only
     if noise_sharing == "shape":
         # Reference semantics: one generator reseeded per tensor, so a member's noise
         # depends only on the tensor's shape; every layer gets the same draw.
-        return _LeafSpec(stacked, slice_shape, _shape_id(slice_shape), per_layer=False)
-    return _LeafSpec(stacked, slice_shape, leaf_id(path), per_layer=stacked)
+        return _LeafSpec(stacked, slice_shape, _shape_id(slice_shape), False, rank)
+    return _LeafSpec(stacked, slice_shape, leaf_id(path), stacked, rank)
 
 
-def _leaf_specs(params: Params, noise_sharing: str) -> list[_LeafSpec]:
+def _leaf_specs(params: Params, noise_sharing: str, rank: int = 0) -> list[_LeafSpec]:
     _check_noise_sharing(noise_sharing)
+    _check_rank(rank)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return [_spec(path, jnp.shape(leaf), noise_sharing) for path, leaf in flat]
+    return [_spec(path, jnp.shape(leaf), noise_sharing, rank) for path, leaf in flat]
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,11 +150,32 @@ def _leaf_specs(params: Params, noise_sharing: str) -> list[_LeafSpec]:
 # ---------------------------------------------------------------------------------------
 
 
-def _chunk_noise(seed: jax.Array, spec: _LeafSpec, layer, chunk) -> jax.Array:
-    """Noise for rows [chunk * R, (chunk + 1) * R) of one slice (padded past its end)."""
+def _slice_key(seed: jax.Array, spec: _LeafSpec, layer) -> jax.Array:
     key = jax.random.fold_in(jax.random.key(seed), spec.stream)
     if spec.per_layer:
         key = jax.random.fold_in(key, layer)
+    return key
+
+
+def _factors(seed: jax.Array, spec: _LeafSpec, layer) -> tuple[jax.Array, jax.Array]:
+    """A [m, r] and B [n, r], standard normal float32: the low-rank slice's noise factors."""
+    m, n = spec.slice_shape
+    key = jax.random.fold_in(_slice_key(seed, spec, layer), _LOWRANK_STREAM)
+    ab = jax.random.normal(key, (m + n, spec.rank), jnp.float32)
+    return ab[:m], ab[m:]
+
+
+def _lowrank_product(a: jax.Array, b: jax.Array, rank: int) -> jax.Array:
+    """a b^T / sqrt(rank) in full float32 (no TF32 or bf16 passes on accelerators)."""
+    prod = jnp.matmul(a, b.T, precision=lax.Precision.HIGHEST)
+    return prod * np.float32(1.0 / math.sqrt(rank))
+
+
+def _chunk_noise(seed: jax.Array, spec: _LeafSpec, layer, chunk) -> jax.Array:
+    """Noise for rows [chunk * R, (chunk + 1) * R) of one slice (padded past its end)."""
+    if spec.lowrank:  # one chunk: the dense product, for checks (never on the hot path)
+        return _lowrank_product(*_factors(seed, spec, layer), spec.rank)
+    key = _slice_key(seed, spec, layer)
     if spec.num_chunks == 1:
         return jax.random.normal(key, spec.slice_shape, jnp.float32)
     key = jax.random.fold_in(key, chunk)
@@ -170,13 +222,15 @@ def slice_noise(
     *,
     layer: int | None = None,
     noise_sharing: str = "none",
+    rank: int = 0,
 ) -> jax.Array:
     """The noise of one leaf (`shape` is its full shape), or of one layer of a stacked leaf.
 
     Regenerated alone, it equals the matching part of `sample_noise(params, seed)`.
     """
     _check_noise_sharing(noise_sharing)
-    spec = _spec(tuple(path), tuple(shape), noise_sharing)
+    _check_rank(rank)
+    spec = _spec(tuple(path), tuple(shape), noise_sharing, rank)
     seed = jnp.asarray(seed, jnp.uint32)
     if layer is None:
         return _leaf_noise(seed, spec, shape)
@@ -189,17 +243,22 @@ def slice_noise(
     return _slice_noise(seed, spec, layer)
 
 
-@functools.partial(jax.jit, static_argnames=("noise_sharing",))
-def sample_noise(params: Params, seed: jax.Array | int, *, noise_sharing: str = "none") -> Params:
-    """Standard normal float32 noise shaped like `params`, a pure function of the seed."""
+@functools.partial(jax.jit, static_argnames=("noise_sharing", "rank"))
+def sample_noise(
+    params: Params, seed: jax.Array | int, *, noise_sharing: str = "none", rank: int = 0
+) -> Params:
+    """Standard normal float32 noise shaped like `params`, a pure function of the seed.
+
+    rank >= 1: every 2-D slice's noise is A B^T / sqrt(rank) (dense here, for tests and
+    checks; training never materialises it)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    specs = _leaf_specs(params, noise_sharing)
+    specs = _leaf_specs(params, noise_sharing, rank)
     seed = jnp.asarray(seed, jnp.uint32)
     out = [_leaf_noise(seed, s, jnp.shape(x)) for x, s in zip(leaves, specs, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("noise_sharing",))
+@functools.partial(jax.jit, static_argnames=("noise_sharing", "rank"))
 def perturb(
     params: Params,
     seed: jax.Array | int,
@@ -207,16 +266,61 @@ def perturb(
     sigma: float | jax.Array,
     sign: float | jax.Array = 1.0,
     noise_sharing: str = "none",
+    rank: int = 0,
 ) -> Params:
     """`params + sign * sigma * eps(seed)`, computed in float32, cast back to each leaf's dtype."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    specs = _leaf_specs(params, noise_sharing)
+    specs = _leaf_specs(params, noise_sharing, rank)
     seed = jnp.asarray(seed, jnp.uint32)
     scale = jnp.asarray(sign, jnp.float32) * jnp.asarray(sigma, jnp.float32)
     out = [
         _add_scaled(x, _leaf_noise(seed, s, jnp.shape(x)), scale)
         for x, s in zip(leaves, specs, strict=True)
     ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _leaf_factors(seed: jax.Array, spec: _LeafSpec, shape: Sequence[int]):
+    if not spec.stacked:
+        return _factors(seed, spec, 0)
+    return jax.vmap(lambda i: _factors(seed, spec, i))(jnp.arange(shape[0]))
+
+
+def member_perturbation(
+    params: Params,
+    seed: jax.Array | int,
+    *,
+    sigma: float | jax.Array,
+    sign: float | jax.Array = 1.0,
+    noise_sharing: str = "none",
+    rank: int,
+) -> Params:
+    """One member's low-rank perturbation in factored form: a tree shaped like `params` whose
+    every 2-D-slice leaf W is replaced by `{"a": sign * sigma / sqrt(rank) * A, "b": B}`
+    (`[..., m, rank]`, `[..., n, rank]`, float32), so that `W + a b^T` is the leaf of
+    `perturb(params, seed, rank=rank)`, and every other leaf by its perturbed value (cast to
+    its dtype, as `perturb` does).
+
+    Traceable (vmap it over seeds for a batch of members); the models take the result as
+    their `perturbation` and add `(x a) b^T` to `x W` instead of forming `W + a b^T`.
+    """
+    _check_rank(rank)
+    if rank < 1:
+        raise ValueError(
+            f"member_perturbation needs rank >= 1 (got {rank}); full-rank members are "
+            "perturbed densely with perturb()."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    specs = _leaf_specs(params, noise_sharing, rank)
+    seed = jnp.asarray(seed, jnp.uint32)
+    scale = jnp.asarray(sign, jnp.float32) * jnp.asarray(sigma, jnp.float32)
+    out = []
+    for x, s in zip(leaves, specs, strict=True):
+        if s.lowrank:
+            a, b = _leaf_factors(seed, s, jnp.shape(x))
+            out.append({"a": a * (scale * np.float32(1.0 / math.sqrt(s.rank))), "b": b})
+        else:
+            out.append(_add_scaled(x, _leaf_noise(seed, s, jnp.shape(x)), scale))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

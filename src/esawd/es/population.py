@@ -5,6 +5,10 @@
 Members are sharded over the `pop` axis of a mesh; each device perturbs the replicated
 parameters itself (`esawd.es.noise.perturb`) and calls the fitness with a key of its own
 stream (`fitness_key`), distinct from the member's noise.
+
+With low-rank noise a fitness can be `factored`: it then gets the shared parameters and a
+batch of members' perturbations in factored form (`member_perturbation`, stacked on a leading
+member axis), so one forward pass serves the whole batch over one copy of the weights.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from esawd.es.noise import _check_noise_sharing, perturb
+from esawd.es.noise import _check_noise_sharing, _check_rank, member_perturbation, perturb
 from esawd.types import Fitness, Params, PRNGKey, Seeds
 
 # Stream id folded into a member's key so fitness randomness never reuses noise bits.
@@ -37,12 +41,40 @@ def population_mesh(devices: Sequence[jax.Device] | None = None, *, axis_name: s
     return Mesh(np.asarray(devices), (axis_name,))
 
 
+def _factored_local(fitness, noise_sharing: str, rank: int, members_per_batch: int):
+    """The device-local evaluation of a factored fitness: members in batches of
+    `members_per_batch`, each batch one call over the shared parameters."""
+
+    def batch(params, seeds, signs, sigma):  # seeds, signs: [M]
+        def one(seed, sign):
+            return member_perturbation(
+                params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing, rank=rank
+            )
+
+        perturbations = jax.vmap(one)(seeds, signs)  # every leaf [M, ...]
+        keys = jax.vmap(fitness_key)(seeds)
+        return jax.tree.map(jnp.asarray, fitness(params, perturbations, keys))
+
+    def local(params, seeds, signs, sigma):  # [members on this device], a multiple of M
+        m = min(members_per_batch, seeds.shape[0])
+        if seeds.shape[0] == m:
+            return batch(params, seeds, signs, sigma)
+        groups = (seeds.reshape(-1, m), signs.reshape(-1, m))  # [G, M]
+        out = lax.map(lambda g: batch(params, g[0], g[1], sigma), groups)
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+    return local
+
+
 @functools.lru_cache(maxsize=32)
-def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch):
+def _population_fn(
+    fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch, rank, factored
+):
     def local(params, seeds, signs, sigma):  # seeds, signs: [members on this device]
         def member(args):
             seed, sign = args
-            p = perturb(params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing)
+            p = perturb(params, seed, sigma=sigma, sign=sign, noise_sharing=noise_sharing,
+                        rank=rank)  # fmt: skip
             return jax.tree.map(jnp.asarray, fitness(p, fitness_key(seed)))
 
         if members_per_batch in (None, 1):
@@ -53,6 +85,8 @@ def _population_fn(fitness, mesh: Mesh, axis_name: str, noise_sharing: str, memb
             return lax.map(member, (seeds, signs))
         return lax.map(member, (seeds, signs), batch_size=members_per_batch)
 
+    if factored:
+        local = _factored_local(fitness, noise_sharing, rank, members_per_batch or 1)
     sharded = jax.shard_map(
         local,
         mesh=mesh,
@@ -81,6 +115,8 @@ def evaluate_population(
     axis_name: str = "pop",
     members_per_batch: int | None = None,
     noise_sharing: str = "none",
+    rank: int = 0,
+    factored: bool = False,
 ) -> Any:
     """Rewards `fitness(perturb(params, s), key_s)` of every member, sharded over `axis_name`.
 
@@ -91,8 +127,17 @@ def evaluate_population(
     divide evenly. `members_per_batch` vmaps that many members at once on each device
     (default: one at a time). `fitness` should be a stable function object: the compiled
     evaluation is cached per (fitness, mesh).
+
+    `rank` >= 1 perturbs with low-rank noise (`sample_noise(rank=rank)`). With `factored=True`
+    (low rank only) the perturbed parameters are never formed: `fitness(params, perturbations,
+    keys)` is called once per batch of `members_per_batch` members of a device, with the
+    shared `params`, their `member_perturbation`s stacked on a leading axis [M] and their keys
+    [M], and returns leaves with that leading axis.
     """
     _check_noise_sharing(noise_sharing)
+    _check_rank(rank)
+    if factored and rank < 1:
+        raise ValueError("factored=True needs low-rank noise (rank >= 1); got rank=0.")
     mesh = population_mesh(axis_name=axis_name) if mesh is None else mesh
     seeds = np.asarray(seeds, np.uint32)
     if seeds.ndim != 1 or seeds.size == 0:
@@ -104,10 +149,15 @@ def evaluate_population(
         signs = np.concatenate([signs, -signs])
     n = seeds.size
     width = mesh.shape[axis_name]
+    if factored:  # whole batches on every device
+        per_device = -(-n // width)
+        width *= min(members_per_batch or 1, per_device)
     pad = (-n) % width
     seeds_p = np.concatenate([seeds, np.repeat(seeds[-1:], pad)])
     signs_p = np.concatenate([signs, np.repeat(signs[-1:], pad)])
-    fn = _population_fn(fitness, mesh, axis_name, noise_sharing, members_per_batch)
+    fn = _population_fn(
+        fitness, mesh, axis_name, noise_sharing, members_per_batch, int(rank), factored
+    )
     # Every device needs the full parameters; a no-op when they are already replicated.
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     out = fn(params, seeds_p, signs_p, jnp.float32(sigma))

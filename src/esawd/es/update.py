@@ -32,9 +32,12 @@ from esawd.es.anchor import (
 from esawd.es.noise import (
     _add_scaled,
     _check_noise_sharing,
+    _check_rank,
     _chunk_noise,
+    _factors,
     _leaf_specs,
     _LeafSpec,
+    _lowrank_product,
     _unchunk,
 )
 from esawd.types import Params, Seeds
@@ -80,7 +83,17 @@ def normalize_rewards(rewards: jax.Array | np.ndarray, *, antithetic: bool = Fal
 
 
 def _slice_delta(seeds: jax.Array, coeffs: jax.Array, spec: _LeafSpec, layer) -> jax.Array:
-    """sum_k coeffs_k * eps_k for one slice; one noise chunk live at a time."""
+    """sum_k coeffs_k * eps_k for one slice; one noise chunk live at a time.
+
+    Low rank: one matmul `[m, K r] x [K r, n]` of every member's factors, the A's scaled by
+    their coefficients; the result has rank up to K r."""
+    if spec.lowrank:
+        a, b = jax.vmap(lambda s: _factors(s, spec, layer))(seeds)  # [K, m, r], [K, n, r]
+        a = a * coeffs[:, None, None]
+        m, n = spec.slice_shape
+        a = a.transpose(1, 0, 2).reshape(m, -1)  # [m, K r]
+        b = b.transpose(1, 0, 2).reshape(n, -1)  # [n, K r]
+        return _lowrank_product(a, b, spec.rank)
 
     def chunk_delta(c):
         def body(k, acc):
@@ -140,10 +153,10 @@ def check_awd(*, alpha: float, lam: float, kind: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("population_size", "noise_sharing"))
-def _es_update(params, seeds, coeffs, alpha, *, population_size, noise_sharing):
+@functools.partial(jax.jit, static_argnames=("population_size", "noise_sharing", "rank"))
+def _es_update(params, seeds, coeffs, alpha, *, population_size, noise_sharing, rank=0):
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    specs = _leaf_specs(params, noise_sharing)
+    specs = _leaf_specs(params, noise_sharing, rank)
     seeds = seeds.astype(jnp.uint32)
     coeffs = coeffs.astype(jnp.float32)
     scale = alpha / population_size
@@ -170,10 +183,15 @@ def es_update(
     alpha: float,
     population_size: int,
     noise_sharing: str = "none",
+    rank: int = 0,
 ) -> Params:
-    """`theta + alpha / population_size * sum_k coeffs_k * eps(seed_k)`, slice by slice."""
+    """`theta + alpha / population_size * sum_k coeffs_k * eps(seed_k)`, slice by slice.
+
+    rank >= 1: eps is the low-rank noise of `sample_noise(rank=rank)`; each 2-D slice's
+    update is then one matmul of the members' factors."""
     seeds, coeffs = _check_update_args(seeds, coeffs, alpha, population_size)
     _check_noise_sharing(noise_sharing)
+    _check_rank(rank)
     return _es_update(
         params,
         seeds,
@@ -181,6 +199,7 @@ def es_update(
         jnp.float32(alpha),
         population_size=population_size,
         noise_sharing=noise_sharing,
+        rank=int(rank),
     )
 
 
@@ -291,6 +310,7 @@ def es_step(
     lam: float = 0.0,
     kind: str = "none",
     noise_sharing: str = "none",
+    rank: int = 0,
     with_drift: bool = False,
 ) -> tuple[Params, dict[str, float]]:
     """The fused ES update + AWD, streaming theta_0 from host memory slice by slice.
@@ -300,9 +320,11 @@ def es_step(
     `anchored_decay(es_update(...), anchor)` to float32 rounding. `metrics` is
     `{"drift_norm": ||theta_t - theta_0||}` with `with_drift=True`, computed from the anchor
     slices already on the device (per-slice float32 sums, added in float64), else `{}`.
+    `rank` >= 1 uses the low-rank noise of `sample_noise(rank=rank)`.
     """
     seeds, coeffs = _check_update_args(seeds, coeffs, alpha, population_size)
     check_awd(alpha=alpha, lam=lam, kind=kind)
+    _check_rank(rank)
     shared = _cpu_replicas(params)
     if shared is not None:
         # One CPU split into devices: replicas would share its cores and only repeat the same
@@ -312,7 +334,7 @@ def es_step(
         del params  # donated, as below
         new, metrics = es_step(
             one, anchor, seeds, coeffs, alpha=alpha, population_size=population_size, lam=lam,
-            kind=kind, noise_sharing=noise_sharing, with_drift=with_drift,
+            kind=kind, noise_sharing=noise_sharing, rank=rank, with_drift=with_drift,
         )  # fmt: skip
         return jax.device_put(new, shared), metrics
     if lam == 0:
@@ -324,7 +346,7 @@ def es_step(
     out, squares = _fused_leaves(
         leaves,
         anchor.leaves if needs_anchor else [None] * len(leaves),
-        _leaf_specs(params, noise_sharing),
+        _leaf_specs(params, noise_sharing, int(rank)),
         seeds,
         coeffs,
         jnp.float32(alpha / population_size),

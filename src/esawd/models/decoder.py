@@ -22,6 +22,12 @@ decoding: a query at row t may attend to key slot s iff s <= write_index + t and
 valid (a real token). The KV cache holds keys as [L, B, K, hd, S] and values as [L, B, K, S, hd],
 so both decode-step attention products are plain batched matmuls over (batch, kv-head) that
 read the cache without transposing it.
+
+A population member's low-rank perturbation (`esawd.es.member_perturbation`) enters as the
+variable collection "perturbation", shaped like the params: a matrix's entry is its factors
+`{"a": [.., m, r], "b": [.., n, r]}` and every `x W` becomes `x W + (x a) b^T`, so the members
+of a batch share the weights and `W + a b^T` is never formed; a norm scale's or bias's entry
+is the member's perturbed value, used in place of the param.
 """
 
 from __future__ import annotations
@@ -40,6 +46,20 @@ from esawd.types import Params
 Cache = dict[str, jax.Array]  # {"k": [L, B, K, hd, S], "v": [L, B, K, S, hd]}
 
 _MASKED = -1e30  # finite, so a query row with no valid key gives uniform weights, not NaN
+PERTURBATION = "perturbation"  # the variable collection of a member's factored perturbation
+
+
+def _perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
+    """The member's value of a norm scale or bias when a perturbation is given, else `value`."""
+    if module.has_variable(PERTURBATION, name):
+        return module.get_variable(PERTURBATION, name)
+    return value
+
+
+def _lowrank(x: jax.Array, factors: dict[str, jax.Array]) -> jax.Array:
+    """`x (a b^T)` as `(x a) b^T`: x [..., m], a [m, r], b [n, r] -> [..., n]."""
+    xa = jnp.einsum("...m,mr->...r", x, factors["a"])
+    return jnp.einsum("...r,nr->...n", xa, factors["b"])
 
 
 class RMSNorm(nn.Module):
@@ -50,6 +70,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        scale = _perturbed(self, "scale", scale)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return scale.astype(x.dtype) * y.astype(x.dtype)
@@ -70,10 +91,65 @@ def rope_tables(config: ModelConfig, positions: jax.Array, dtype: Any) -> tuple[
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
-def _dense(features: int, name: str, *, bias: bool = False) -> nn.Dense:
-    # HF's initializer_range; dtype=None keeps the dtype the (pre-cast) params arrive in.
-    init = nn.initializers.normal(0.02)
-    return nn.Dense(features, use_bias=bias, kernel_init=init, name=name, dtype=None)
+class Dense(nn.Module):
+    """`x W (+ b)` as flax's nn.Dense computes it (same params, dtype=None: the pre-cast
+    params' dtype), plus a member's low-rank term `(x a) b^T` when a perturbation is given."""
+
+    features: int
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(0.02)  # HF's initializer_range
+        kernel = self.param("kernel", init, (x.shape[-1], self.features), jnp.float32)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = _perturbed(self, "bias", bias)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=None)
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if self.has_variable(PERTURBATION, "kernel"):
+            y = y + _lowrank(x, self.get_variable(PERTURBATION, "kernel"))
+        if bias is not None:
+            y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
+class Embed(nn.Module):
+    """Token embeddings as flax's nn.Embed (lookup, and `attend` for a tied head), plus a
+    member's low-rank term: rows `a[ids] b^T` on lookup, `(h b) a^T` in `attend`."""
+
+    num_embeddings: int
+    features: int
+
+    def setup(self):
+        init = nn.initializers.normal(0.02)
+        shape = (self.num_embeddings, self.features)
+        self.embedding = self.param("embedding", init, shape, jnp.float32)
+
+    def _factors(self) -> dict[str, jax.Array] | None:
+        if self.has_variable(PERTURBATION, "embedding"):
+            return self.get_variable(PERTURBATION, "embedding")
+        return None
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        out = jnp.take(self.embedding, ids, axis=0)
+        f = self._factors()
+        if f is not None:  # E[t] = a[t] b^T
+            out = out + jnp.einsum("...r,nr->...n", jnp.take(f["a"], ids, axis=0), f["b"])
+        return out
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        h, embedding = nn.dtypes.promote_dtype(h, self.embedding, dtype=None)
+        out = jnp.dot(h, embedding.T)
+        f = self._factors()
+        if f is not None:  # h (W + a b^T)^T = h W^T + (h b) a^T
+            out = out + _lowrank(h, {"a": f["b"], "b": f["a"]})
+        return out
+
+
+def _dense(features: int, name: str, *, bias: bool = False) -> Dense:
+    return Dense(features, use_bias=bias, name=name)
 
 
 class Attention(nn.Module):
@@ -174,12 +250,10 @@ class Decoder(nn.Module):
 
     def setup(self):
         c = self.config
-        self.embed = nn.Embed(
-            c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02), name="embed"
-        )
+        self.embed = Embed(c.vocab_size, c.d_model, name="embed")
         self.layers = nn.scan(
             Block,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, PERTURBATION: 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.n_layers,
@@ -238,6 +312,14 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def _variables(config: ModelConfig, params: Params, perturbation: Params | None) -> dict:
+    """The Flax variables in the compute dtype: params, and a member's perturbation if any."""
+    v = {"params": cast_params(params, config.dtype)}
+    if perturbation is not None:
+        v[PERTURBATION] = cast_params(perturbation, config.dtype)
+    return v
+
+
 def hidden_states(
     config: ModelConfig,
     params: Params,
@@ -247,25 +329,37 @@ def hidden_states(
     *,
     cache: Cache | None = None,
     write_index: jax.Array | int = 0,
+    perturbation: Params | None = None,
 ) -> tuple[jax.Array, Cache | None]:
-    """Final hidden states [B, T, D] in the compute dtype and the updated KV cache."""
-    p = cast_params(params, config.dtype)
-    return Decoder(config).apply({"params": p}, token_ids, positions, key_valid, cache, write_index)
+    """Final hidden states [B, T, D] in the compute dtype and the updated KV cache.
+
+    `perturbation`: one member's factored perturbation (`esawd.es.member_perturbation`)."""
+    v = _variables(config, params, perturbation)
+    return Decoder(config).apply(v, token_ids, positions, key_valid, cache, write_index)
 
 
-def logits_from_hidden(config: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
+def logits_from_hidden(
+    config: ModelConfig, params: Params, h: jax.Array, *, perturbation: Params | None = None
+) -> jax.Array:
     """Float32 logits [..., V] from final hidden states [..., D]."""
-    p = cast_params(params, config.dtype)
-    return Decoder(config).apply({"params": p}, h, method=Decoder.logits)
+    v = _variables(config, params, perturbation)
+    return Decoder(config).apply(v, h, method=Decoder.logits)
 
 
 def forward(
-    config: ModelConfig, params: Params, token_ids: jax.Array, mask: jax.Array
+    config: ModelConfig,
+    params: Params,
+    token_ids: jax.Array,
+    mask: jax.Array,
+    *,
+    perturbation: Params | None = None,
 ) -> jax.Array:
     """Logits [B, T, V] (float32) for token_ids [B, T]; mask [B, T] is True on real tokens."""
     mask = jnp.asarray(mask, bool)
-    h, _ = hidden_states(config, params, token_ids, positions_from_mask(mask), mask)
-    return logits_from_hidden(config, params, h)
+    h, _ = hidden_states(
+        config, params, token_ids, positions_from_mask(mask), mask, perturbation=perturbation
+    )
+    return logits_from_hidden(config, params, h, perturbation=perturbation)
 
 
 def init_cache(config: ModelConfig, *, batch: int, length: int) -> Cache:
@@ -289,15 +383,33 @@ def unstack_layers(params: Params) -> list[Params]:
     return [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n)]
 
 
+def _fuse_kernels(kernels: Sequence[Any]) -> Any:
+    """Kernels [.., in, out_i] side by side; for factors {"a", "b"} of rank r each, `a` side by
+    side [.., in, k r] and `b` block-diagonal [.., sum out_i, k r], so that the fused low-rank
+    term equals the separate ones."""
+    if not isinstance(kernels[0], dict):
+        return jnp.concatenate(kernels, axis=-1)
+    a = jnp.concatenate([f["a"] for f in kernels], axis=-1)
+    width, blocks, start = a.shape[-1], [], 0
+    for f in kernels:
+        r = f["b"].shape[-1]
+        pad = [(0, 0)] * (f["b"].ndim - 1) + [(start, width - start - r)]
+        blocks.append(jnp.pad(f["b"], pad))
+        start += r
+    return {"a": a, "b": jnp.concatenate(blocks, axis=-2)}
+
+
 def fuse_layer_params(layer: Params) -> Params:
-    """One layer's params with q/k/v and gate/up kernels concatenated (fewer, larger matmuls)."""
+    """One layer's params with q/k/v and gate/up kernels concatenated (fewer, larger matmuls).
+
+    Also fuses a layer's perturbation (the same tree with factors in place of kernels)."""
     attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
     names = ("q_proj", "k_proj", "v_proj")
-    qkv = {"kernel": jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)}
+    qkv = {"kernel": _fuse_kernels([attn[n]["kernel"] for n in names])}
     if "bias" in attn["q_proj"]:
         qkv["bias"] = jnp.concatenate([attn[n]["bias"] for n in names], axis=-1)
     attn = {"qkv_proj": qkv, "o_proj": attn["o_proj"]}
-    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
+    gate_up = _fuse_kernels([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]])
     mlp = {"gate_up_proj": {"kernel": gate_up}, "down_proj": mlp["down_proj"]}
     return {**layer, "attn": attn, "mlp": mlp}
 
@@ -312,6 +424,8 @@ def hidden_states_unrolled(
     *,
     caches: Sequence[dict[str, jax.Array]],
     write_index: jax.Array | int,
+    perturbation: Params | None = None,
+    layer_perturbations: Sequence[Params] | None = None,
 ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
     """`hidden_states` with the layers unrolled over per-layer params and caches.
 
@@ -319,15 +433,21 @@ def hidden_states_unrolled(
     arrays at every step, a copy XLA:CPU cannot avoid (the matmul kernels need their own
     buffers); with per-layer arrays prepared once outside the loop there is no such copy.
     Caches are per layer: k [B, K, hd, S], v [B, K, S, hd]. Compile time grows with depth.
-    `layer_params` may be in the fused layout of `fuse_layer_params`.
+    `layer_params` may be in the fused layout of `fuse_layer_params`; a member's
+    `perturbation` comes with its layers split the same way (`layer_perturbations`).
+    Params and perturbations arrive in the compute dtype (cast once, outside the loop).
     """
-    top = {k: v for k, v in params.items() if k != "layers"}
+    top = {"params": {k: v for k, v in params.items() if k != "layers"}}
+    if perturbation is not None:
+        top[PERTURBATION] = {k: v for k, v in perturbation.items() if k != "layers"}
+    else:
+        layer_perturbations = [None] * len(layer_params)
     dec = Decoder(config)
-    h, cos, sin = dec.apply({"params": top}, token_ids, positions, method=Decoder.embed_positions)
+    h, cos, sin = dec.apply(top, token_ids, positions, method=Decoder.embed_positions)
     block = Block(config)
     new_caches = []
-    for lp, cache in zip(layer_params, caches, strict=True):
-        (h, cache, _), _ = block.apply({"params": lp}, (h, cache, None), cos, sin, key_valid,
-                                       write_index)  # fmt: skip
+    for lp, pert, cache in zip(layer_params, layer_perturbations, caches, strict=True):
+        v = {"params": lp} if pert is None else {"params": lp, PERTURBATION: pert}
+        (h, cache, _), _ = block.apply(v, (h, cache, None), cos, sin, key_valid, write_index)
         new_caches.append(cache)
-    return dec.apply({"params": top}, h, method=Decoder.final_norm), new_caches
+    return dec.apply(top, h, method=Decoder.final_norm), new_caches
