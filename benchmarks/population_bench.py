@@ -19,6 +19,12 @@ length), all after a compiling call:
                a time; with --cpu-devices K the CPU is split into K JAX devices (the trainer's
                distributed.cpu_devices), so K members generate concurrently. All other
                layouts run on the first device alone, which still uses every core.
+- lowrankK:    low-rank noise (--rank), `es.evaluate_population(factored=True,
+               members_per_batch=K)`: K members decode as one batch of K x prompts rows over
+               the shared weights, each adding its own factors (es.noise_rank > 0)
+- lowrank_spread: the same over every device, N / devices members per batch
+- shared:      one unperturbed `sampling.generate` of N x prompts rows: the floor for a
+               batch over shared weights (what low rank costs on top of it is its factors)
 
 With full-rank noise each member has its own weights, so vmapping members does not raise
 arithmetic intensity (the prompt batch does); this measures what it costs or saves. The last
@@ -54,6 +60,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="", help="folder with <task>/ (else procedural)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--cpu-devices", type=int, default=1, help="JAX CPU devices (for spread)")
+    p.add_argument("--rank", type=int, default=4, help="noise rank of the lowrank layouts")
     args = p.parse_args()
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any JAX computation
 
@@ -76,6 +83,15 @@ def main() -> None:
         es.iteration_seeds(base_seed=0, iteration=1, population_size=args.population)
     )
 
+    batch_gen = es_method.make_population_generate_fn(
+        model.config, prompts.ids, prompts.mask, max_new_tokens=args.new_tokens, ignore_eos=True
+    )
+    rows = (np.tile(prompts.ids, (args.population, 1)), np.tile(prompts.mask, (args.population, 1)))
+    shared_gen = es_method.make_generate_fn(
+        model.config, *rows, max_new_tokens=args.new_tokens, ignore_eos=True
+    )
+    shared_jit = jax.jit(lambda p: shared_gen(p, None))
+
     @jax.jit
     def direct_member(params, seed):
         return gen(es.perturb(params, seed, sigma=1e-3), None)
@@ -94,6 +110,15 @@ def main() -> None:
             return es.evaluate_population(
                 gen, params, seeds, sigma=1e-3, mesh=all_devices, members_per_batch=1
             )
+        if layout == "shared":
+            return shared_jit(params)
+        if layout.startswith("lowrank"):
+            spread = layout == "lowrank_spread"
+            k = -(-len(seeds) // len(jax.devices())) if spread else int(layout[7:])
+            return es.evaluate_population(
+                batch_gen, params, seeds, sigma=1e-3, mesh=all_devices if spread else mesh,
+                members_per_batch=k, rank=args.rank, factored=True,
+            )  # fmt: skip
         k = 1 if layout == "sequential" else int(layout.removeprefix("vmap"))
         return es.evaluate_population(
             gen, params, seeds, sigma=1e-3, mesh=mesh, members_per_batch=k

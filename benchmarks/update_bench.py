@@ -1,10 +1,12 @@
 """Time and peak memory of the fused ES + AWD step on a SmolLM2-135M-shaped pytree.
 
-    python benchmarks/update_bench.py [--population 30] [--repeats 3]
+    python benchmarks/update_bench.py [--population 30] [--repeats 3] [--ranks 1,4,16]
 
 Runs the step with AWD off and with L2 AWD (anchor streamed from pinned host memory) side by
 side in one process and prints seconds per step, the extra resident memory at the peak, and
-the AWD overhead ratio. The last line is one JSON object with every figure.
+the AWD overhead ratio; then the L2 step with low-rank noise at each of --ranks (one
+[m, N r] x [N r, n] matmul per matrix instead of N full draws) and its speed-up over full
+rank (goal >= 10x at N = 30). The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -67,14 +69,15 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def timed_step(params, anchor, seeds, coeffs, *, kind, lam, alpha):
+def timed_step(params, anchor, seeds, coeffs, *, kind, lam, alpha, rank=0):
     """Seconds and extra peak RSS of one es_step."""
     base = rss_bytes("VmRSS")
     reset_peak_rss()
     t0 = time.perf_counter()
     params, _ = es.es_step(
-        params, anchor, seeds, coeffs, alpha=alpha, population_size=len(seeds), lam=lam, kind=kind
-    )
+        params, anchor, seeds, coeffs, alpha=alpha, population_size=len(seeds), lam=lam,
+        kind=kind, rank=rank,
+    )  # fmt: skip
     jax.block_until_ready(params)
     return params, time.perf_counter() - t0, rss_bytes("VmHWM") - base
 
@@ -85,7 +88,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=5e-4)
     parser.add_argument("--lam", type=float, default=10.0)
+    parser.add_argument("--ranks", default="1,4,16", help="low-rank steps to time ('' for none)")
     args = parser.parse_args()
+    ranks = [int(r) for r in args.ranks.split(",") if r]
 
     params = smollm2_shaped_params()
     n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -98,15 +103,17 @@ def main() -> None:
         f"loadavg={os.getloadavg()[0]:.2f}"
     )
 
-    configs = {"awd_off": ("none", 0.0), "awd_l2": ("l2", args.lam), "awd_l1": ("l1", 0.01)}
+    configs = {"awd_off": ("none", 0.0, 0), "awd_l2": ("l2", args.lam, 0),
+               "awd_l1": ("l1", 0.01, 0)}  # fmt: skip
+    configs.update({f"awd_l2_rank{r}": ("l2", args.lam, r) for r in ranks})
     times = {name: [] for name in configs}
     peaks = {name: [] for name in configs}
     # One warm-up (compile) step per config, then the configs interleaved so that load
     # changes on a shared machine hit all of them alike.
     for r in range(args.repeats + 1):
-        for name, (kind, lam) in configs.items():
+        for name, (kind, lam, rank) in configs.items():
             params, sec, peak = timed_step(
-                params, anchor, seeds, coeffs, kind=kind, lam=lam, alpha=args.alpha
+                params, anchor, seeds, coeffs, kind=kind, lam=lam, alpha=args.alpha, rank=rank
             )
             if r > 0:
                 times[name].append(sec)
@@ -123,12 +130,26 @@ def main() -> None:
         ratio = results[name]["seconds"] / results["awd_off"]["seconds"]
         results[name]["overhead_ratio"] = ratio
         print(f"{name} overhead: {100 * (ratio - 1):+.2f}% of the update step")
+    for r in ranks:
+        name = f"awd_l2_rank{r}"
+        speedup = results["awd_l2"]["seconds"] / results[name]["seconds"]
+        results[name]["speedup_vs_full_rank"] = speedup
+        print(f"rank {r:3d}: {speedup:6.1f}x faster than the full-rank step (goal >= 10x)")
     print(
         json.dumps(
             {
                 "num_params": n_params,
                 "population": args.population,
                 "loadavg": os.getloadavg()[0],
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "cpu": next(
+                    (
+                        ln.split(":", 1)[1].strip()
+                        for ln in open("/proc/cpuinfo")
+                        if ln.startswith("model name")
+                    ),
+                    "unknown",
+                ),  # fmt: skip
                 **results,
             }
         )

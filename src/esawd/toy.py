@@ -8,6 +8,10 @@ walk whose squared norm grows like t * alpha^2 * (dim - k) / N. L2 anchored weig
 turns it into a mean-reverting walk with stationary squared norm
 alpha^2 (dim - k) / (N * (1 - (1 - alpha*lam)^2)), while the constrained directions still
 follow the reward. Runs through the same `esawd.es` functions as the LLM trainer.
+
+With low-rank noise (`noise_rank=r`) theta is laid out as a `[matrix_rows, dim / matrix_rows]`
+matrix so that its noise is A B^T / sqrt(r); every entry still has variance 1, so the same
+prediction holds (the constrained coordinates are the first k of the flattened matrix).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def make_fitness(target: jax.Array):
 
     def fitness(params, key):
         del key
-        return -jnp.sum((params["w"][:k] - target) ** 2)
+        return -jnp.sum((params["w"].reshape(-1)[:k] - target) ** 2)
 
     return fitness
 
@@ -56,28 +60,34 @@ def run_random_walk(
     kind: str = "none",
     seed: int = 0,
     record_every: int = 10,
+    noise_rank: int = 0,
+    matrix_rows: int = 40,
 ) -> RandomWalk:
     """Run ES (+ AWD) on the toy reward and record drift and loss over iterations."""
     es.check_awd(alpha=alpha, lam=lam, kind=kind)
+    if noise_rank and dim % matrix_rows:
+        raise ValueError(f"dim={dim} must be a multiple of matrix_rows={matrix_rows}.")
+    shape = (matrix_rows, dim // matrix_rows) if noise_rank else (dim,)
     k = num_constrained
     rng = np.random.default_rng(seed)
     theta0 = rng.normal(size=dim).astype(np.float32)
     direction = rng.normal(size=k)
     target = theta0[:k] + target_distance * direction / np.linalg.norm(direction)
     fitness = _fitness_cache(tuple(np.asarray(target, np.float32).tolist()))
-    params = {"w": jnp.asarray(theta0)}
+    params = {"w": jnp.asarray(theta0).reshape(shape)}
     anchor = es.host_anchor(params)
     rows = []
 
     def record(t):
-        d = np.asarray(params["w"], np.float64) - theta0
-        loss = float(np.sum((np.asarray(params["w"][:k], np.float64) - target) ** 2))
+        w = np.asarray(params["w"], np.float64).reshape(-1)
+        d = w - theta0
+        loss = float(np.sum((w[:k] - target) ** 2))
         rows.append((t, np.linalg.norm(d[k:]), np.linalg.norm(d[:k]), loss))
 
     record(0)
     for t in range(1, num_iterations + 1):
         seeds = es.iteration_seeds(base_seed=seed, iteration=t, population_size=population_size)
-        rewards = es.evaluate_population(fitness, params, seeds, sigma=sigma)
+        rewards = es.evaluate_population(fitness, params, seeds, sigma=sigma, rank=noise_rank)
         coeffs = es.normalize_rewards(rewards)
         params, _ = es.es_step(
             params,
@@ -88,6 +98,7 @@ def run_random_walk(
             population_size=population_size,
             lam=lam,
             kind=kind,
+            rank=noise_rank,
         )
         if t % record_every == 0 or t == num_iterations:
             record(t)
