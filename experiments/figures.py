@@ -4,7 +4,8 @@
 
 Writes target_vs_prior.png (the paper's Figure 1a), forgetting_curves.png,
 lambda_ablation.png, weight_drift.png, kl_heatmap.png, population_size.png,
-training_reward.png and toy_random_walk.png; figures whose data no run has are skipped with
+training_reward.png, learning_curves.png (reward per iteration and per second, held-out
+accuracy, drift) and toy_random_walk.png; figures whose data no run has are skipped with
 the reason. See `esawd.figures` for each plot.
 """
 

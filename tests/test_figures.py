@@ -72,7 +72,7 @@ def test_figures_without_evaluation_are_skipped_with_the_reason(runs, tmp_path, 
     shutil.copytree(runs[0], bare)
     analysis.clear_analysis(bare)
     written = figures.write_figures([bare], tmp_path / "out", toy=False)
-    assert [p.name for p in written] == ["training_reward.png"]
+    assert [p.name for p in written] == ["training_reward.png", "learning_curves.png"]
     assert "skipped target_vs_prior: no run has forgetting.jsonl" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown figures"):
         figures_cli.main(["--workdirs", str(bare), "--out", str(tmp_path), "--only", "nope"])

@@ -316,6 +316,37 @@ def plot_training_reward(runs: Sequence[Run]) -> plt.Figure:
     return fig
 
 
+def plot_learning_curves(runs: Sequence[Run]) -> plt.Figure:
+    """Training reward per iteration and per second of training, held-out accuracy and weight
+    drift, a line per run (metrics.jsonl): e.g. full- vs low-rank noise on one budget."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for i, run in enumerate(runs):
+        rows = sorted(run.metrics, key=lambda m: m["iteration"])
+        train = [m for m in rows if "reward_mean" in m]
+        style = dict(color=f"C{i}", label=run.label)
+        if train:
+            its = [m["iteration"] for m in train]
+            axes[0, 0].plot(its, [m["reward_mean"] for m in train], **style)
+            # wall time of training (population + update), excluding evaluation and checkpoints
+            spent = np.cumsum(
+                [m.get("time/population", 0) + m.get("time/update", 0) for m in train]
+            )
+            axes[0, 1].plot(spent / 60, [m["reward_mean"] for m in train], **style)
+            axes[1, 1].plot([0, *its], [0, *[m["drift_norm"] for m in train]], **style)
+        evals = [m for m in rows if "eval/accuracy" in m]
+        if evals:
+            axes[1, 0].plot([m["iteration"] for m in evals], [m["eval/accuracy"] for m in evals],
+                            marker="o", **style)  # fmt: skip
+    axes[0, 0].set(xlabel="iteration", ylabel="mean training reward", title="Reward per iteration")
+    axes[0, 1].set(xlabel="minutes of training (population + update)",
+                   ylabel="mean training reward", title="Reward per second")  # fmt: skip
+    axes[1, 0].set(xlabel="iteration", ylabel="held-out accuracy", title="Held-out accuracy")
+    axes[1, 1].set(xlabel="iteration", ylabel="||theta_t - theta_0||", title="Weight drift")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_toy_random_walk(
     *, iterations: int = 500, dim: int = 2000, constrained: int = 10
 ) -> plt.Figure:
@@ -413,6 +444,11 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
     ),
     "training_reward": (
         plot_training_reward,
+        lambda rs: any("reward_mean" in m for r in rs for m in r.metrics),
+        "no training metrics",
+    ),
+    "learning_curves": (
+        plot_learning_curves,
         lambda rs: any("reward_mean" in m for r in rs for m in r.metrics),
         "no training metrics",
     ),

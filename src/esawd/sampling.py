@@ -187,8 +187,11 @@ def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_lay
                          init_cache(config, batch=B0, length=length))  # fmt: skip
 
     def prefill(cache):
-        one = lambda p, c: _prefill(config, params, prompt_ids, prompt_mask, c, p)
-        logits, cache, cache_mask = jax.vmap(one)(pert, cache)
+        # Member by member: a member's prefill already has prompts x width rows per matmul, so
+        # sharing the weights saves nothing there, and one batch of M times the rows measured
+        # slower on the CPU (docs/benchmarks.md, "Low-rank noise").
+        one = lambda pc: _prefill(config, params, prompt_ids, prompt_mask, pc[1], pc[0])
+        logits, cache, cache_mask = jax.lax.map(one, (pert, cache))
         return flat(logits), cache, flat(cache_mask)
 
     if unroll_layers:

@@ -122,14 +122,16 @@ def run_method(config: Mapping[str, Any]) -> str:
 
 
 def run_label(config: Mapping[str, Any]) -> str:
-    """A short legend label: 'ES N=4', 'ES+AWD L2 lam=100 N=4', 'GRPO'."""
+    """A short legend label: 'ES N=4', 'ES+AWD L2 lam=100 N=4', 'ES N=8 rank 4', 'GRPO'."""
     if run_method(config) == "grpo":
         return "GRPO"
     n = config["es"]["population_size"]
+    rank = config["es"].get("noise_rank", 0)
+    suffix = f" rank {rank}" if rank else ""
     awd = config.get("awd", {})
     if awd.get("kind", "none") == "none" or not awd.get("lam"):
-        return f"ES N={n}"
-    return f"ES+AWD {awd['kind'].upper()} lam={awd['lam']:g} N={n}"
+        return f"ES N={n}{suffix}"
+    return f"ES+AWD {awd['kind'].upper()} lam={awd['lam']:g} N={n}{suffix}"
 
 
 def read_run_config(workdir: str | Path) -> dict[str, Any]:
