@@ -390,10 +390,13 @@ def test_no_held_out_examples_when_eval_is_off():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path, tiny_dir):
+@pytest.mark.parametrize("rank", [0, 2])  # full-rank noise; low rank, 2 members per batch
+def test_two_processes_equal_one(tmp_path, tiny_dir, rank):
     import socket
 
     overrides = {"es.population_size": 6, "eval.num_examples": 2, "es.num_devices": 4}
+    if rank:
+        overrides |= {"es.noise_rank": rank, "es.members_per_batch": 2}
     one = train(tiny_config(tmp_path / "one", tiny_dir, **overrides))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
