@@ -66,10 +66,10 @@ def _factored_local(fitness, noise_sharing: str, rank: int, members_per_batch: i
     return local
 
 
-@functools.lru_cache(maxsize=32)
-def _population_fn(
-    fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch, rank, factored
-):
+def _member_local(fitness, noise_sharing: str, rank: int, members_per_batch):
+    """The device-local evaluation of a fitness of perturbed parameters: members one after
+    another, or `members_per_batch` vmapped at a time."""
+
     def local(params, seeds, signs, sigma):  # seeds, signs: [members on this device]
         def member(args):
             seed, sign = args
@@ -85,8 +85,17 @@ def _population_fn(
             return lax.map(member, (seeds, signs))
         return lax.map(member, (seeds, signs), batch_size=members_per_batch)
 
+    return local
+
+
+@functools.lru_cache(maxsize=32)
+def _population_fn(
+    fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch, rank, factored
+):
     if factored:
         local = _factored_local(fitness, noise_sharing, rank, members_per_batch or 1)
+    else:
+        local = _member_local(fitness, noise_sharing, rank, members_per_batch)
     sharded = jax.shard_map(
         local,
         mesh=mesh,
