@@ -12,7 +12,8 @@ PY=${PY:-.venv/bin/python}
 # The files that compare results of two different programs, without the slow tests (whole
 # runs compared with themselves, statistical tests, subprocesses; see docs/testing.md).
 NUMERIC=(tests/test_es.py tests/test_grpo.py tests/test_models.py tests/test_sampling.py
-         tests/test_analysis.py tests/test_distributed.py tests/test_numerics.py)
+         tests/test_analysis.py tests/test_distributed.py tests/test_numerics.py
+         tests/test_lowrank.py)
 
 # name|prefix run before python (env assignments and/or taskset). Not here: disabling the
 # fusion pass itself (--xla_disable_hlo_passes=fusion) crashes XLA:CPU (jaxlib 0.10) with a
