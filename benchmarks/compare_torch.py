@@ -18,7 +18,7 @@ z-scored rewards, the ES update and L2 anchored decay (lam = 10).
   per core here) so that members generate concurrently; --cpu-devices 1 is one device.
 - esawd low rank (`es.noise_rank=--rank`, EGGROLL's noise): the members of each device decode
   as one batch of members x prompts rows over the shared weights, each with its own low-rank
-  factors (`sampling.generate_population`); the update is one matmul per weight matrix.
+  factors (`sampling.generate(perturbation=...)`); the update is one matmul per weight matrix.
   --rank 0 skips this column.
 
 Also prints the iteration's FLOP lower bound: the generation FLOPs of all members (prompt

@@ -221,8 +221,8 @@ def test_population_decodes_as_each_member_alone(arch, unroll):
     pert = jax.vmap(lambda s, g: es.member_perturbation(params, s, sigma=0.2, sign=g, rank=2))(
         seeds, signs
     )
-    tokens, lengths = sampling.generate_population(
-        config, params, pert, ids, mask, max_new_tokens=10, unroll_layers=unroll
+    tokens, lengths = sampling.generate(
+        config, params, ids, mask, max_new_tokens=10, unroll_layers=unroll, perturbation=pert
     )
     assert tokens.shape == (4, 3, 10) and lengths.shape == (4, 3)
     for m in range(4):

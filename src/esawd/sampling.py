@@ -7,8 +7,9 @@ has emitted an EOS. Prompts are left-padded with an explicit mask (chat template
 token inside prompts, so padding is never detected by token value); positions come from the
 mask, and prompt widths are rounded up to a bucket so new batches reuse the compiled code.
 
-`generate_population` decodes a batch of ES population members at once over one copy of the
-weights, each with its low-rank perturbation in factored form (`esawd.es.member_perturbation`).
+`generate(perturbation=...)` decodes a batch of ES population members at once over one copy of
+the weights, each with its low-rank perturbation in factored form
+(`esawd.es.member_perturbation`).
 
 `prefill` and `decode_step` expose the same two phases one call at a time, donating the cache
 so it is updated in place across calls; `sequence_log_probs` scores given continuations (for
@@ -287,6 +288,7 @@ def generate(
     pad_id: int | None = None,
     bucket: int = 64,
     unroll_layers: bool = True,
+    perturbation: Params | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Generate from left-padded prompts [B, T]: (tokens [B, max_new_tokens], lengths [B]).
 
@@ -296,38 +298,13 @@ def generate(
     EOS. ignore_eos=True always generates max_new_tokens (the fixed-length benchmark mode).
     unroll_layers=True decodes with the layers unrolled over per-layer copies of the weights
     (faster on CPU, compile time grows with depth); False keeps the scanned layers.
-    """
-    args, kw = _generate_args(
-        config, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-        eos_ids=eos_ids, key=key, ignore_eos=ignore_eos, pad_id=pad_id, bucket=bucket,
-    )  # fmt: skip
-    return _generate(config, params, *args, **kw, unroll_layers=unroll_layers)
 
-
-def generate_population(
-    config: ModelConfig,
-    params: Params,
-    perturbation: Params,
-    prompt_ids: jax.Array | np.ndarray,
-    prompt_mask: jax.Array | np.ndarray,
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    eos_ids: Sequence[int] | None = None,
-    key: PRNGKey | None = None,
-    ignore_eos: bool = False,
-    pad_id: int | None = None,
-    bucket: int = 64,
-    unroll_layers: bool = True,
-) -> tuple[jax.Array, jax.Array]:
-    """`generate` for M population members at once, over one copy of the shared `params`:
-    (tokens [M, B, max_new_tokens], lengths [M, B]).
-
-    `perturbation` holds the members' factored perturbations stacked on a leading axis [M]
-    (`jax.vmap(esawd.es.member_perturbation)` over their seeds). The M x B rows decode as one
-    batch: each weight matmul runs once for all rows, each member adds its own low-rank term,
-    and member m's rows equal `generate` from its dense perturbed parameters (to rounding).
-    Sampling (temperature > 0) draws one key for all M x B rows.
+    `perturbation`: M population members' factored perturbations stacked on a leading axis
+    [M] (`jax.vmap(esawd.es.member_perturbation)` over their seeds). Their M x B rows then
+    decode as one batch over one copy of `params`: each weight matmul runs once for all rows,
+    each member adds its own low-rank term, and member m's rows equal `generate` from its
+    dense perturbed parameters (to rounding). Returns tokens [M, B, max_new_tokens] and
+    lengths [M, B]; sampling draws from one key for all rows.
     """
     args, kw = _generate_args(
         config, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -336,6 +313,8 @@ def generate_population(
     tokens, lengths = _generate(
         config, params, *args, perturbation, **kw, unroll_layers=unroll_layers
     )
+    if perturbation is None:
+        return tokens, lengths
     M = jax.tree.leaves(perturbation)[0].shape[0]
     return tokens.reshape(M, -1, tokens.shape[-1]), lengths.reshape(M, -1)
 

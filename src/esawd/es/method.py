@@ -128,9 +128,9 @@ def make_population_generate_fn(
 
     def generate(params, perturbations, keys):
         del keys  # greedy decoding, as in the paper
-        return sampling.generate_population(
-            config, params, perturbations, ids, mask, max_new_tokens=max_new_tokens,
-            ignore_eos=ignore_eos, bucket=1,
+        return sampling.generate(
+            config, params, ids, mask, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
+            bucket=1, perturbation=perturbations,
         )  # fmt: skip
 
     return generate
