@@ -173,13 +173,12 @@ def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_lay
     B0 = prompt_ids.shape[0]
     if pert is None:
         cache = init_cache(config, batch=B0, length=length)
+        prefill = lambda c: _prefill(config, params, prompt_ids, prompt_mask, c)
         if not unroll_layers:
-            decode = lambda *a: _decode(config, params, *a)
-            return lambda c: _prefill(config, params, prompt_ids, prompt_mask, c), decode, cache
+            return prefill, lambda *a: _decode(config, params, *a), cache
         # per-layer (fused) weights, copied once here rather than sliced at every step
         layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
-        decode = lambda *a: _decode_unrolled(config, params, layer_params, *a)
-        return lambda c: _prefill(config, params, prompt_ids, prompt_mask, c), decode, cache
+        return prefill, lambda *a: _decode_unrolled(config, params, layer_params, *a), cache
 
     M = jax.tree.leaves(pert)[0].shape[0]
     flat = lambda x: x.reshape(M * B0, *x.shape[2:])  # [M, B0, ...] -> [B, ...]
@@ -306,24 +305,6 @@ def generate(
     dense perturbed parameters (to rounding). Returns tokens [M, B, max_new_tokens] and
     lengths [M, B]; sampling draws from one key for all rows.
     """
-    args, kw = _generate_args(
-        config, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-        eos_ids=eos_ids, key=key, ignore_eos=ignore_eos, pad_id=pad_id, bucket=bucket,
-    )  # fmt: skip
-    tokens, lengths = _generate(
-        config, params, *args, perturbation, **kw, unroll_layers=unroll_layers
-    )
-    if perturbation is None:
-        return tokens, lengths
-    M = jax.tree.leaves(perturbation)[0].shape[0]
-    return tokens.reshape(M, -1, tokens.shape[-1]), lengths.reshape(M, -1)
-
-
-def _generate_args(
-    config, prompt_ids, prompt_mask, *, max_new_tokens, temperature, eos_ids, key, ignore_eos,
-    pad_id, bucket,
-):  # fmt: skip
-    """Check `generate`'s arguments; the positional and static arguments of `_generate`."""
     ids = np.asarray(prompt_ids, np.int32)
     mask = np.asarray(prompt_mask, bool)
     if ids.shape != mask.shape:
@@ -351,15 +332,17 @@ def _generate_args(
     ids, mask = ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
     ids = np.pad(ids, ((0, 0), (width - longest, 0)), constant_values=pad_id)
     mask = np.pad(mask, ((0, 0), (width - longest, 0)))
-    args = (
-        jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(eos if eos else (-1,), jnp.int32),
-        jnp.float32(max(temperature, 1e-6)), jax.random.key(0) if key is None else key,
-        jnp.int32(pad_id),
+    tokens, lengths = _generate(
+        config, params, jnp.asarray(ids), jnp.asarray(mask),
+        jnp.asarray(eos if eos else (-1,), jnp.int32), jnp.float32(max(temperature, 1e-6)),
+        jax.random.key(0) if key is None else key, jnp.int32(pad_id), perturbation,
+        max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos,
+        unroll_layers=unroll_layers,
     )  # fmt: skip
-    static = dict(
-        max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos
-    )
-    return args, static
+    if perturbation is None:
+        return tokens, lengths
+    M = jax.tree.leaves(perturbation)[0].shape[0]
+    return tokens.reshape(M, -1, tokens.shape[-1]), lengths.reshape(M, -1)
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from esawd import models, sampling, scoring
 from esawd.es.anchor import HostAnchor, host_anchor, host_value
-from esawd.es.noise import iteration_seeds
+from esawd.es.noise import is_stacked, iteration_seeds
 from esawd.es.population import evaluate_population, population_mesh
 from esawd.es.update import es_step, normalize_rewards
 from esawd.loop import Context
@@ -66,8 +66,7 @@ def perturbation_elements(config, rank: int) -> int:
     for path, shape in jax.tree_util.tree_flatten_with_path(
         models.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple)
     )[0]:
-        stacked = any(getattr(k, "key", None) == "layers" for k in path)
-        layers, piece = (shape[0], shape[1:]) if stacked else (1, shape)
+        layers, piece = (shape[0], shape[1:]) if is_stacked(path) else (1, shape)
         total += layers * (sum(piece) * rank if len(piece) == 2 else math.prod(piece))
     return total
 
