@@ -28,7 +28,13 @@ CHILD = textwrap.dedent(
         "piqa": ({"answer": "1"}, "1", "2"),
         "arc_challenge": ({"answer": "C"}, "The answer is (C).", "The answer is (B)."),
         "mmlu_pro": ({"answer": "H"}, "The answer is (H).", "The answer is (A)."),
+        "arithmetic": (get_task("arithmetic").generate(1, seed=0)[0], "", "#### -1"),
+        "rules": (get_task("rules").generate(1, seed=0)[0], "", "Answer: Maybe"),
     }
+    for name in ("arithmetic", "rules"):  # the right answer of a generated example
+        example = CASES[name][0]
+        right = ("#### " if name == "arithmetic" else "Answer: ") + example["answer"]
+        CASES[name] = (example, right, CASES[name][2])
     assert sorted(CASES) == sorted(TASK_NAMES), (sorted(CASES), TASK_NAMES)
     scores = {}
     for name in TASK_NAMES:
@@ -61,7 +67,7 @@ def test_tasks_score_render_and_load_with_jax_and_flax_blocked():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["scores"] == {name: [1.0, 0.0] for name in out["scores"]}
-    assert len(out["scores"]) == 7
+    assert len(out["scores"]) == 9
     assert out["roles"] == ["system", "user", "assistant"]
     assert out["loaded"] == 4
     assert out["jax_modules"] == []

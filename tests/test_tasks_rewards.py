@@ -236,8 +236,16 @@ EXAMPLES = {
     "piqa": {"answer": "1"},
     "arc_challenge": {"answer": "C"},
     "mmlu_pro": {"answer": "H"},
+    "arithmetic": {"question": "Mia has 9 apples. She gets 9 more apples.", "answer": "18"},
+    "rules": {"theory": "Bob is big.", "question": "Bob is big.", "answer": "True"},
 }
-FORMAT_WEIGHT = {"countdown": 0.1, "gsm8k": 0.1, "proofwriter": 0.1}
+FORMAT_WEIGHT = {
+    "countdown": 0.1,
+    "gsm8k": 0.1,
+    "proofwriter": 0.1,
+    "arithmetic": 0.1,
+    "rules": 0.1,
+}
 
 
 def hostile_completions(n: int) -> dict[str, str]:

@@ -2,9 +2,13 @@
 GSM8K, ProofWriter) and four prior tasks that measure forgetting (HellaSwag, PIQA,
 ARC-Challenge, MMLU-Pro), with prompts and rewards that mean what the reference's do
 (`kschweig/es-awd`, `tasks/` and `prior_tasks/`), safe answer checking and data loading.
+Two procedural target tasks need no download: `arithmetic` (word problems with GSM8K's prompt
+and reward) and `rules` (ProofWriter-style theories with ProofWriter's), each with a held-out
+split that never overlaps its training split (`esawd.tasks.procedural`).
 
     task = get_task("countdown")
-    examples = task.load("test", data_dir="../shared/data")   # or task.generate(64, seed=0)
+    examples = task.load("test", data_dir="../shared/data")
+    generated = get_task("rules").generate(64, seed=0, split="test")   # procedural: no files
     task.reward(completion, examples[0])  # {"reward", "format_reward", "answer_reward"}
 
 Nothing here imports JAX or Flax; tokenizing prompts into batches for the sampler is
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from esawd.tasks.arc_challenge import ARCChallenge
+from esawd.tasks.arithmetic import Arithmetic
 from esawd.tasks.base import Example, Message, Reward, Task
 from esawd.tasks.countdown import Countdown
 from esawd.tasks.gsm8k import GSM8K
@@ -28,11 +33,14 @@ from esawd.tasks.hellaswag import HellaSwag
 from esawd.tasks.mmlu_pro import MMLUPro
 from esawd.tasks.piqa import PIQA
 from esawd.tasks.proofwriter import ProofWriter
+from esawd.tasks.rules import Rules
 
 __all__ = [
     "EVAL_SUBSET_SEED",
     "EVAL_SUBSET_SIZE",
+    "PAPER_TASKS",
     "PRIOR_TASKS",
+    "PROCEDURAL_TASKS",
     "TARGET_TASKS",
     "TASK_NAMES",
     "Example",
@@ -53,9 +61,13 @@ _TASKS: dict[str, Task] = {
         PIQA(),
         ARCChallenge(),
         MMLUPro(),
+        Arithmetic(),
+        Rules(),
     )
 }
 TASK_NAMES = tuple(_TASKS)
+PAPER_TASKS = TASK_NAMES[:7]  # the paper's seven, in its order
+PROCEDURAL_TASKS = tuple(name for name, task in _TASKS.items() if task.procedural)
 TARGET_TASKS = tuple(name for name, task in _TASKS.items() if task.is_target)
 PRIOR_TASKS = tuple(name for name, task in _TASKS.items() if not task.is_target)
 

@@ -56,6 +56,7 @@ class Task:
     hub: tuple[str, str | None] | None = None  # (path, config) on the Hugging Face hub
     tfds_name: str | None = None  # name in the TensorFlow Datasets catalog, if it has one
     local_extra_names: tuple[str, ...] = ()  # more file names to try in a local data dir
+    procedural: bool = False  # examples only come from `generate(n, seed=, split=)`
 
     def __repr__(self) -> str:
         return f"<esawd task {self.name!r}>"
@@ -67,6 +68,11 @@ class Task:
     ) -> list[Example]:
         """Every example of `split`, in file order, from data_dir (local) or the hub/TFDS."""
         self.check_split(split)
+        if self.procedural:
+            raise ValueError(
+                f"{self.name} is procedural and has no data files: use "
+                f"get_task({self.name!r}).generate(num_examples, seed=..., split={split!r})."
+            )
         if source not in SOURCES:
             raise ValueError(f"Unknown source {source!r}; expected one of {SOURCES}.")
         if source == "auto":

@@ -21,7 +21,8 @@ Differences from the reference, all for safety:
 - Tag matching uses linear scans instead of regexes that are quadratic on unclosed tags.
 
 Data: the reference's `countdown.json` (first 200 rows train, the rest test) or its verl-style
-`train.parquet` / `test.parquet`; `generate` makes a seeded procedural set with no download.
+`train.parquet` / `test.parquet`; `generate` makes a seeded procedural set with no download,
+whose train and test splits never share an instance.
 In the published test split 19 rows have no solution and 15 have a solution that reuses a
 number; their targets are kept as published.
 """
@@ -33,7 +34,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from esawd.tasks import arith, data, text
+from esawd.tasks import arith, data, procedural, text
 from esawd.tasks.base import (
     Example,
     Message,
@@ -143,50 +144,53 @@ def _combine(a: Fraction, b: Fraction, op: str) -> Fraction | None:
     return a / b if b != 0 else None
 
 
+def _propose(
+    rng: random.Random, *, min_count: int, max_count: int, max_number: int, max_target: int
+) -> tuple[str, Example] | None:
+    """One candidate instance and its key (the sorted numbers and the target), or None."""
+    count = rng.randint(min_count, max_count)
+    numbers = [rng.randint(1, max_number) for _ in range(count)]
+    # Combine the numbers in a random order and tree shape, like the reference's data:
+    # repeatedly merge two random operands into a parenthesised sub-expression.
+    pool = [(Fraction(n), str(n)) for n in rng.sample(numbers, count)]
+    while len(pool) > 1:
+        i, j = rng.sample(range(len(pool)), 2)
+        (a, sa), (b, sb) = pool[i], pool[j]
+        op = rng.choice(_OPS)
+        value = _combine(a, b, op)
+        if value is None:
+            return None
+        pool = [p for k, p in enumerate(pool) if k not in (i, j)]
+        pool.append((value, f"({sa} {op} {sb})"))
+    value, solution = pool[0]
+    # Integer targets in [1, max_target] keep the task well-posed and the prompt short.
+    if value.denominator != 1 or not 1 <= value <= max_target:
+        return None
+    key = f"{sorted(numbers)}->{int(value)}"
+    return key, {"numbers": numbers, "target": str(int(value)), "solution": solution}
+
+
 def generate(
     num_examples: int,
     *,
     seed: int,
+    split: str = "train",
     min_count: int = 3,
     max_count: int = 4,
     max_number: int = 99,
     max_target: int = 999,
 ) -> list[Example]:
-    """Seeded Countdown instances, solvable by construction, each with its solution."""
+    """Seeded Countdown instances of `split`, solvable by construction, each with its
+    solution; no instance (numbers and target) is in both splits (`procedural.draw`)."""
     if not 2 <= min_count <= max_count:
         raise ValueError(f"need 2 <= min_count <= max_count, got {min_count}, {max_count}")
-    rng = random.Random(seed)
-    examples: list[Example] = []
-    while len(examples) < num_examples:
-        count = rng.randint(min_count, max_count)
-        numbers = [rng.randint(1, max_number) for _ in range(count)]
-        # Combine the numbers in a random order and tree shape, like the reference's data:
-        # repeatedly merge two random operands into a parenthesised sub-expression.
-        pool = [(Fraction(n), str(n)) for n in rng.sample(numbers, count)]
-        while len(pool) > 1:
-            i, j = rng.sample(range(len(pool)), 2)
-            (a, sa), (b, sb) = pool[i], pool[j]
-            op = rng.choice(_OPS)
-            value = _combine(a, b, op)
-            if value is None:
-                break
-            pool = [p for k, p in enumerate(pool) if k not in (i, j)]
-            pool.append((value, f"({sa} {op} {sb})"))
-        if len(pool) != 1:
-            continue
-        value, solution = pool[0]
-        # Integer targets in [1, max_target] keep the task well-posed and the prompt short.
-        if value.denominator != 1 or not 1 <= value <= max_target:
-            continue
-        examples.append(
-            {
-                "id": f"gen-{seed}-{len(examples)}",
-                "numbers": numbers,
-                "target": str(int(value)),
-                "solution": solution,
-            }
-        )
-    return examples
+    return procedural.draw(
+        lambda rng: _propose(
+            rng, min_count=min_count, max_count=max_count, max_number=max_number,
+            max_target=max_target,
+        ),
+        num_examples, seed=seed, split=split, name="countdown",
+    )  # fmt: skip
 
 
 # ----- task -------------------------------------------------------------------------------
@@ -225,9 +229,9 @@ class Countdown(Task):
             example["prompt"] = prompt
         return example
 
-    def generate(self, num_examples: int, *, seed: int) -> list[Example]:
-        """Seeded procedural examples (3-4 numbers, solvable by construction)."""
-        return generate(num_examples, seed=seed)
+    def generate(self, num_examples: int, *, seed: int, split: str = "train") -> list[Example]:
+        """Seeded procedural examples of `split` (3-4 numbers, solvable by construction)."""
+        return generate(num_examples, seed=seed, split=split)
 
     def render_messages(self, example: Example) -> list[Message]:
         """System, user and prefill messages from the example's numbers and target."""
