@@ -6,11 +6,13 @@ and weight drift of theta_t over training, for ES, ES + AWD and GRPO runs alike.
 
 `python -m experiments.evaluate` is the command line. The parts, each usable alone:
 `forgetting` (settings, task examples, `analyze_run`), `thetas` (theta_t from checkpoints or
-ES replay), `drift` (weight drift) and `kl` (KL on the base model's samples). "Analysis" here
+ES replay), `drift` (weight drift), `kl` (KL on the base model's samples) and `stats`
+(intervals for accuracies: Wilson, paired differences, McNemar). "Analysis" here
 is distinct from the trainer's held-out accuracy (`scoring.heldout_accuracy`, which the
 analysis calls per task) and from ES population fitness.
 """
 
+from esawd.analysis import stats
 from esawd.analysis.drift import MODULES, module_of, weight_drift
 from esawd.analysis.errors import AnalysisError
 from esawd.analysis.forgetting import (
@@ -30,6 +32,7 @@ from esawd.analysis.forgetting import (
     task_examples,
 )
 from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
+from esawd.analysis.stats import mcnemar_p, paired_difference, wilson_interval
 from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
 
 __all__ = [
@@ -50,12 +53,16 @@ __all__ = [
     "format_ranges",
     "kl_divergence",
     "log_probs",
+    "mcnemar_p",
     "module_of",
+    "paired_difference",
     "read_run_config",
     "run_label",
     "run_method",
     "sample_base",
     "select_iterations",
+    "stats",
     "task_examples",
     "weight_drift",
+    "wilson_interval",
 ]

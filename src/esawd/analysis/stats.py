@@ -1,0 +1,90 @@
+"""Confidence intervals for accuracies measured on a fixed set of examples.
+
+- `wilson_interval(k, n)`: Wilson's score interval for one proportion (Wilson 1927); unlike
+  the normal approximation it stays inside [0, 1] and is not degenerate at 0 or n correct.
+- `paired_difference(before, after)`: the change in accuracy between two models scored on the
+  same examples, with Newcombe's hybrid score interval for a difference of paired proportions
+  (Newcombe 1998, "Improved confidence intervals for the difference between binomial
+  proportions based on paired data", method 10: Wilson intervals of both proportions combined
+  with the phi correlation of the pairs, no continuity correction), and McNemar's exact
+  two-sided p-value (the binomial test on the discordant pairs).
+
+Pairing matters: the same held-out examples are scored at the start and at the end, so most
+examples agree and the change is far less noisy than two independent accuracies would be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(k: int, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for k successes out of n (default: 95 %)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """McNemar's exact two-sided p-value for b and c discordant pairs (binomial, p = 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_difference(
+    before: Sequence[int | bool], after: Sequence[int | bool], *, z: float = Z95
+) -> dict[str, Any]:
+    """Accuracy before and after on the same examples, the change with its interval.
+
+    Returns {n, before, after, before_ci, after_ci, diff, diff_ci, gained, lost, p_mcnemar}:
+    `gained` examples went wrong -> right, `lost` right -> wrong."""
+    x = np.asarray(before, bool)
+    y = np.asarray(after, bool)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+        raise ValueError(
+            f"before and after must be two equally long non-empty 0/1 sequences of the same "
+            f"examples, got shapes {x.shape} and {y.shape}"
+        )
+    n = x.size
+    a = int(np.sum(x & y))  # right both times
+    lost = int(np.sum(x & ~y))
+    gained = int(np.sum(~x & y))
+    d = n - a - lost - gained  # wrong both times
+    p1, p2 = (a + lost) / n, (a + gained) / n
+    l1, u1 = wilson_interval(a + lost, n, z=z)
+    l2, u2 = wilson_interval(a + gained, n, z=z)
+    denom = (a + lost) * (gained + d) * (a + gained) * (lost + d)
+    phi = (a * d - lost * gained) / math.sqrt(denom) if denom > 0 else 0.0
+    diff = p2 - p1
+    lower = diff - math.sqrt(
+        max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    )
+    upper = diff + math.sqrt(
+        max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+    )
+    return {
+        "n": n,
+        "before": p1,
+        "after": p2,
+        "before_ci": (l1, u1),
+        "after_ci": (l2, u2),
+        "diff": diff,
+        "diff_ci": (max(-1.0, lower), min(1.0, upper)),
+        "gained": gained,
+        "lost": lost,
+        "p_mcnemar": mcnemar_p(lost, gained),
+    }
