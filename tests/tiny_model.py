@@ -85,7 +85,13 @@ def tiny_config(workdir, model_dir, *, method: str = "es", **overrides):
     c = (grpo_default if method == "grpo" else default).get_config()
     c.workdir = str(workdir)
     c.model.name = str(model_dir)
+    # The tests' own task and noise, whatever configs/default.py trains the real model on.
+    c.task.name = "countdown"
     c.task.max_new_tokens = 6
+    c.eval.kl_task = ""
+    if method != "grpo":
+        c.es.noise_rank = 0
+        c.awd.kind, c.awd.lam = "l2", 10.0
     c.eval.interval = 1
     c.eval.num_examples = 3
     c.checkpoint.interval = 1

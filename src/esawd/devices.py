@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import jax
 
 from esawd.settings import ConfigError
@@ -40,3 +43,21 @@ def initialize(
             num_processes=num_processes or None,
             process_id=None if process_id < 0 else process_id,
         )
+
+
+def machine() -> str:
+    """Where this ran, for result tables: the CPU model, its cores, and the accelerator."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    device = jax.devices()[0]
+    accel = "" if device.platform == "cpu" else f", {jax.device_count()} x {device.device_kind}"
+    return f"{cpu}, {cores} cores{accel}"

@@ -347,6 +347,79 @@ def plot_learning_curves(runs: Sequence[Run]) -> plt.Figure:
     return fig
 
 
+def plot_run_summary(run: Run, summary: dict[str, Any] | None = None) -> plt.Figure:
+    """One run at a glance (metrics.jsonl): training reward, held-out accuracy with 95 %
+    Wilson intervals, and weight drift with KL(base || tuned) on the task not trained on."""
+    rows = sorted(run.metrics, key=lambda m: m["iteration"])
+    train = [m for m in rows if "reward_mean" in m]
+    evals = [m for m in rows if "eval/accuracy" in m]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    if train:
+        its = [m["iteration"] for m in train]
+        ax.fill_between(its, [m["reward_min"] for m in train], [m["reward_max"] for m in train],
+                        color="C0", alpha=0.2, label="population min-max")  # fmt: skip
+        ax.plot(its, [m["reward_mean"] for m in train], color="C0", marker=".", label="mean")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="iteration", ylabel="reward on training prompts", title="Training reward")
+    ax = axes[1]
+    if evals:
+        its = [m["iteration"] for m in evals]
+        acc = np.array([m["eval/accuracy"] for m in evals])
+        n = np.array([m.get("eval/num_examples", 0) for m in evals])
+        if np.all(n > 0):
+            ci = np.array(
+                [
+                    analysis.stats.wilson_interval(round(a * k), k)
+                    for a, k in zip(acc, n, strict=True)
+                ]
+            )
+            yerr = np.maximum(0, [acc - ci[:, 0], ci[:, 1] - acc])  # [2, evals], rounding
+            ax.errorbar(its, acc, yerr=yerr, color="C1", marker="o",
+                        capsize=3, label="accuracy, 95 % Wilson interval")  # fmt: skip
+        else:
+            ax.plot(its, acc, color="C1", marker="o", label="accuracy")
+        ax.legend(fontsize=8)
+        title = f"Held-out accuracy ({int(n[-1])} examples)" if n[-1] else "Held-out accuracy"
+    else:
+        title = "Held-out accuracy"
+    change = (summary or {}).get("accuracy", {})
+    if "diff_ci" in change:
+        lo, hi = change["diff_ci"]
+        title += f"\nchange {100 * change['diff']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    ax.set(xlabel="iteration", ylabel="accuracy (greedy)", title=title)
+    ax = axes[2]
+    drift = [(m["iteration"], m["drift/relative"]) for m in rows if "drift/relative" in m]
+    # ES rows log ||theta_t - theta_0|| every iteration: scaled by 1/||theta_0||, a full curve
+    norms = [m["drift/frobenius"] / m["drift/relative"] for m in rows if m.get("drift/relative")]
+    if norms and any("drift_norm" in m for m in train):
+        drift = [(0, 0.0)] + [(m["iteration"], m["drift_norm"] / norms[0]) for m in train]
+    if drift:
+        ax.plot(
+            *zip(*drift, strict=True),
+            color="C2",
+            marker="o",
+            label="||theta_t - theta_0|| / ||theta_0||",
+        )
+    ax.set(xlabel="iteration", ylabel="relative weight drift", title="Drift and KL from the base")
+    kl_keys = sorted({k for m in evals for k in m if k.startswith("kl/")})
+    if kl_keys:
+        twin = ax.twinx()
+        for j, key in enumerate(kl_keys):
+            pts = [(m["iteration"], m[key]) for m in evals if key in m]
+            twin.plot(*zip(*pts, strict=True), color=f"C{3 + j}", marker="s", linestyle="--",
+                      label=f"KL(base || tuned), {_nice(key[3:])}")  # fmt: skip
+        twin.set_ylabel("KL (nats/token)")
+        lines = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    elif drift:
+        ax.legend(fontsize=8)
+    fig.suptitle(run.label, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_toy_random_walk(
     *, iterations: int = 500, dim: int = 2000, constrained: int = 10
 ) -> plt.Figure:

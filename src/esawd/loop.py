@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
 from tqdm.auto import tqdm
 
-from esawd import es, models, scoring, tasks
+from esawd import analysis, es, models, report, scoring, tasks
 from esawd.rundir import RunDir
 from esawd.settings import (
     ConfigError,
@@ -155,16 +156,17 @@ def prepare(s: RunSettings, *, data_seed: int) -> tuple[RunDir, list, list]:
     return run, train_examples, eval_examples
 
 
-def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict, int]:
+def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict, int, Params]:
     """theta_0 written once into the run directory, then the state, from the latest checkpoint
-    when there is one."""
+    when there is one; returns (state, start iteration, theta_0 as host arrays)."""
     run = ctx.run
     has_anchor = run.has_anchor()
     sync("anchor checked")  # every process decides before any starts writing
     if not has_anchor:
         run.save_anchor(model.params)  # every process takes part in an Orbax save
     sync("anchor written")
-    state = method.init(ctx, model, run.restore_anchor_numpy(model.params))
+    theta0 = run.restore_anchor_numpy(model.params)
+    state = method.init(ctx, model, theta0)
     start = run.latest_step() or 0
     if start:
         others = {k: v for k, v in state.items() if k != "params"}
@@ -178,7 +180,28 @@ def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict
         for log in (run.metrics, run.es_log):
             if log.path.exists():
                 log.truncate_after(start)
-    return state, start
+    return state, start, theta0
+
+
+def kl_probe(ctx: Context, theta0: Params) -> Callable[[Params], float] | None:
+    """KL(base || tuned) on `eval.kl_task` prompts (None when unset): the base model's samples
+    are drawn once (seeded, so a resumed run draws the same), each evaluation scores them."""
+    s = ctx.settings.eval
+    if not s.kl_task:
+        return None
+    examples = analysis.task_examples(
+        s.kl_task, {}, data_dir=ctx.settings.task.data_dir, num_examples=s.kl_prompts
+    )
+    samples = analysis.sample_base(
+        ctx.config, jax.device_put(theta0), ctx.tokenizer, tasks.get_task(s.kl_task), examples,
+        max_new_tokens=s.kl_max_new_tokens, seed=0, batch_size=s.batch_size,
+    )  # fmt: skip
+
+    def kl(params: Params) -> float:
+        logp = [analysis.log_probs(ctx.config, params, samples, b) for b in range(len(samples.ids))]
+        return analysis.kl_divergence(samples, logp)["kl"]
+
+    return kl
 
 
 def train(s: RunSettings, method: Method) -> Params:
@@ -193,8 +216,10 @@ def train(s: RunSettings, method: Method) -> Params:
         s, run, primary, task, model.config, model.tokenizer, train_examples, eval_examples,
         scoring.encode(task, train_examples, model.tokenizer),
     )  # fmt: skip
-    state, start = start_state(ctx, method, model)
+    t_start = time.perf_counter()
+    state, start, theta0 = start_state(ctx, method, model)
     del model
+    kl = kl_probe(ctx, theta0)
     logs = Loggers(
         run, s.log if primary else LogSettings(tensorboard=False), to_dict(s), enabled=primary
     )
@@ -202,15 +227,26 @@ def train(s: RunSettings, method: Method) -> Params:
                disable=not (s.log.progress and primary))  # fmt: skip
 
     def heldout(params) -> dict[str, Any]:
+        """Held-out accuracy (with which examples were right), drift and KL of theta_t."""
         t0 = time.perf_counter()
+        params = local_copy(params)
         m = scoring.heldout_accuracy(
-            ctx.config, local_copy(params), ctx.tokenizer, task, eval_examples,
+            ctx.config, params, ctx.tokenizer, task, eval_examples,
             max_new_tokens=s.task.max_new_tokens, batch_size=s.eval.batch_size,
         )  # fmt: skip
-        return {**{f"eval/{k}": v for k, v in m.items()}, "time/eval": time.perf_counter() - t0}
+        drift = analysis.weight_drift(params, theta0)
+        row = {f"eval/{k}": v for k, v in m.items()}
+        row |= {"drift/frobenius": drift["frobenius"], "drift/relative": drift["relative"]}
+        if kl is not None:
+            row[f"kl/{s.eval.kl_task}"] = kl(params)
+        return {**row, "time/eval": time.perf_counter() - t0}
 
+    shown: dict[str, str] = {}  # the last held-out accuracy stays on the bar until the next
     if start == 0 and s.eval.num_examples and s.eval.interval:
-        logs.write(0, {**heldout(state["params"]), "drift_norm": 0.0})
+        row = heldout(state["params"])
+        logs.write(0, {**row, "drift_norm": 0.0})
+        shown = {"held-out": f"{row['eval/accuracy']:.2f}"}
+        bar.set_postfix(shown)
     last, checkpoint_seconds = method.num_steps, None
     for t in range(start + 1, last + 1):
         t_iter = time.perf_counter()
@@ -226,7 +262,9 @@ def train(s: RunSettings, method: Method) -> Params:
             others = {k: v for k, v in state.items() if k != "params"}
             run.save(t, state["params"], {"iteration": t, **method.seed_meta}, extra=others)
             checkpoint_seconds = time.perf_counter() - t0
-        bar.set_postfix(method.postfix(metrics))
+        if "eval/accuracy" in metrics:
+            shown = {"held-out": f"{metrics['eval/accuracy']:.2f}"}
+        bar.set_postfix({**method.postfix(metrics), **shown})
         bar.update(1)
     bar.close()
     if primary and s.export and not (start == last and run.final_dir.exists()):
@@ -235,4 +273,7 @@ def train(s: RunSettings, method: Method) -> Params:
     sync("exported")
     logs.close()
     run.close()
+    if primary and s.log.summary:
+        summary = report.write_summary(run.root, session_seconds=time.perf_counter() - t_start)
+        print(report.format_summary(summary), flush=True)
     return state["params"]

@@ -32,9 +32,10 @@ def load_examples(
 ) -> tuple[list, list]:
     """Training prompts and held-out evaluation examples of the target task."""
     task = tasks.get_task(task_name)
-    if not data_dir and hasattr(task, "generate"):
-        # Procedural Countdown: disjoint seeds for the training and held-out sets.
-        return task.generate(num_train, seed=2 * seed), task.generate(eval_size, seed=2 * seed + 1)
+    if task.procedural or (not data_dir and hasattr(task, "generate")):
+        # Generated: the held-out split never shares a problem with the training split.
+        train = task.generate(num_train, seed=seed, split="train")
+        return train, task.generate(eval_size, seed=seed, split="test")
     train = task.load(train_split, data_dir or None)
     held_out = task.load(eval_split, data_dir or None)
     if len(train) < num_train:
@@ -81,7 +82,8 @@ def reward_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
 def heldout_accuracy(
     config, params: Params, tokenizer, task, examples, *, max_new_tokens: int, batch_size: int
 ) -> dict[str, Any]:
-    """Greedy accuracy, format rate and reward of `params` on held-out examples."""
+    """Greedy accuracy, format rate and reward of `params` on held-out examples, and which
+    examples it got right (`correct`, 0/1 in example order, for paired comparisons)."""
     parts = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
@@ -97,4 +99,5 @@ def heldout_accuracy(
         "reward": float(merged["reward"].mean()),
         "tokens": float(merged["tokens"].mean()),
         "num_examples": len(examples),
+        "correct": [int(c) for c in merged["accuracy"]],
     }

@@ -104,6 +104,11 @@ class EvalSettings:
     interval: int = 50  # held-out accuracy every this many iterations (0: only at the end)
     num_examples: int = 200
     batch_size: int = 64
+    # KL(base || tuned) at each evaluation on prompts of this task, one the run is not trained
+    # on ("" = none): the forgetting side of the run, on screen while it trains
+    kl_task: str = ""
+    kl_prompts: int = 32
+    kl_max_new_tokens: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +123,8 @@ class LogSettings:
     wandb: bool = False
     wandb_project: str = "esawd"
     progress: bool = True
+    # at the end: summary.json, summary.png and a table of base vs tuned (esawd.report)
+    summary: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +338,16 @@ def _check_common(s: RunSettings) -> None:
     _at_least_one(task__num_train=s.task.num_train, task__max_new_tokens=s.task.max_new_tokens)
     if s.eval.interval < 0 or s.eval.num_examples < 0 or s.eval.batch_size < 1:
         raise _bad("eval", dataclasses.asdict(s.eval), "interval, num_examples >= 0, batch >= 1")
+    if s.eval.kl_task:
+        if s.eval.kl_task not in tasks.TASK_NAMES:
+            raise _bad(
+                "eval.kl_task", s.eval.kl_task, f"'' or one of {', '.join(tasks.TASK_NAMES)}"
+            )
+        if s.eval.kl_task == s.task.name:
+            raise _bad("eval.kl_task", s.eval.kl_task, "use a task the run is not trained on")
+        _at_least_one(
+            eval__kl_prompts=s.eval.kl_prompts, eval__kl_max_new_tokens=s.eval.kl_max_new_tokens
+        )
     if s.checkpoint.interval < 1:
         raise _bad("checkpoint.interval", s.checkpoint.interval, "must be >= 1")
 

@@ -12,7 +12,6 @@ import numpy as np
 
 from esawd import es
 from esawd.analysis.errors import AnalysisError
-from esawd.es.method import replay
 from esawd.rundir import RunDir
 from esawd.types import Params
 
@@ -62,6 +61,8 @@ class Thetas:
             start = (earlier[-1], self.run.restore(earlier[-1], self.theta0)[0])
         if self._anchor is None:
             self._anchor = es.host_anchor(jax.tree.map(np.asarray, self.theta0))
+        from esawd.es.method import replay  # here: the training loop imports this package
+
         params = replay(self.theta0, self.es_rows, upto=t, anchor=self._anchor, start=start)
         self._current = (t, params)
         return params
