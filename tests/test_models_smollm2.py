@@ -105,3 +105,33 @@ def test_greedy_continuations_match_transformers(smollm2, reference):
         if np.array_equal(got[:n], want[:n]):
             np.testing.assert_array_equal(got, want)
     assert lengths.max() > 10  # real text, not an immediate EOS
+
+
+def test_default_task_gives_members_different_rewards(smollm2):
+    """The failure mode of the old default (Countdown: every member scores 0, so z = 0 and
+    the update is zero): configs/default.py's task, prompts, sigma and noise rank give the
+    members of one population different rewards, so the ES update is not zero."""
+    import jax
+
+    from configs import default
+    from esawd import es, scoring, settings, tasks
+
+    s = settings.from_config(default.get_config())
+    train, _ = scoring.load_examples(
+        s.task.name, data_dir="", num_train=s.task.num_train, eval_size=0, seed=s.es.seed
+    )
+    task = tasks.get_task(s.task.name)
+    batch = scoring.encode(task, train, smollm2.tokenizer)
+    means = []
+    for seed in range(s.es.population_size):
+        member = es.perturb(smollm2.params, seed, sigma=s.es.sigma, rank=s.es.noise_rank)
+        tokens, lengths = sampling.generate(
+            smollm2.config, member, batch.ids, batch.mask, max_new_tokens=s.task.max_new_tokens
+        )
+        tokens, lengths = jax.device_get((tokens, lengths))
+        means.append(
+            scoring.score(task, smollm2.tokenizer, tokens, lengths, train)["reward"].mean()
+        )
+    z = np.asarray(es.normalize_rewards(np.asarray(means, np.float32)))
+    assert len(set(means)) > 1, means
+    assert np.abs(z).max() > 0.5, z
