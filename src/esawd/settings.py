@@ -44,7 +44,8 @@ class ModelSettings:
 @dataclasses.dataclass(frozen=True)
 class TaskSettings:
     name: str = "countdown"
-    # folder with <task>/ (e.g. ../shared/data); "" = procedural Countdown / the hub
+    # folder with <task>/ (e.g. ../shared/data); "" = generated (rules, arithmetic, Countdown)
+    # or the hub; rules and arithmetic are always generated
     data_dir: str = _field("", resumable=True)
     num_train: int = 200
     max_new_tokens: int = 1024
