@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 
 import jax
 import numpy as np
 
-from esawd import es, models, sampling, scoring, tasks
+from esawd import devices, es, models, sampling, scoring, tasks
 from esawd.tasks import countdown
 
 # name: (task, examples(n) -> list, max_new_tokens)
@@ -37,17 +35,6 @@ CANDIDATES = {
         64,
     ),
 }
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def greedy_scores(model, params, task, examples, max_new_tokens, batch_size=32):
@@ -80,7 +67,7 @@ def main() -> None:
         p.error(f"unknown candidates {unknown}; choose from {','.join(CANDIDATES)}")
 
     model = models.load(args.model)
-    cpu = cpu_model()
+    cpu = devices.machine()
     print(f"CPU: {cpu}; jax {jax.__version__}; {args.examples} examples, {args.members} members")
     rows = []
     for name in names:

@@ -185,19 +185,23 @@ def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict
 
 def kl_probe(ctx: Context, theta0: Params) -> Callable[[Params], float] | None:
     """KL(base || tuned) on `eval.kl_task` prompts (None when unset): the base model's samples
-    are drawn once (seeded, so a resumed run draws the same), each evaluation scores them."""
+    are drawn at the first evaluation (seeded, so a resumed run draws the same) and scored at
+    each; a finished run that evaluates nothing draws none."""
     s = ctx.settings.eval
     if not s.kl_task:
         return None
-    examples = analysis.task_examples(
-        s.kl_task, {}, data_dir=ctx.settings.task.data_dir, num_examples=s.kl_prompts
-    )
-    samples = analysis.sample_base(
-        ctx.config, jax.device_put(theta0), ctx.tokenizer, tasks.get_task(s.kl_task), examples,
-        max_new_tokens=s.kl_max_new_tokens, seed=0, batch_size=s.batch_size,
-    )  # fmt: skip
+    cache: list = []  # the samples, once drawn
 
     def kl(params: Params) -> float:
+        if not cache:
+            examples = analysis.task_examples(
+                s.kl_task, {}, data_dir=ctx.settings.task.data_dir, num_examples=s.kl_prompts
+            )
+            cache.append(analysis.sample_base(
+                ctx.config, jax.device_put(theta0), ctx.tokenizer, tasks.get_task(s.kl_task),
+                examples, max_new_tokens=s.kl_max_new_tokens, seed=0, batch_size=s.batch_size,
+            ))  # fmt: skip
+        samples = cache[0]
         logp = [analysis.log_probs(ctx.config, params, samples, b) for b in range(len(samples.ids))]
         return analysis.kl_divergence(samples, logp)["kl"]
 

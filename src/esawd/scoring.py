@@ -32,7 +32,7 @@ def load_examples(
 ) -> tuple[list, list]:
     """Training prompts and held-out evaluation examples of the target task."""
     task = tasks.get_task(task_name)
-    if task.procedural or (not data_dir and hasattr(task, "generate")):
+    if task.generated(data_dir):
         # Generated: the held-out split never shares a problem with the training split.
         train = task.generate(num_train, seed=seed, split="train")
         return train, task.generate(eval_size, seed=seed, split="test")

@@ -172,7 +172,7 @@ def task_examples(
             eval_size=num_examples, seed=seed, **splits,
         )[1]  # fmt: skip
     data_dir = data_dir or run_task.get("data_dir", "")
-    if task.procedural or (not data_dir and hasattr(task, "generate")):
+    if task.generated(data_dir):
         return task.generate(num_examples, seed=tasks.EVAL_SUBSET_SEED, split="test")
     examples = task.load(eval_split(task), data_dir or None)
     return tasks.eval_subset(examples, size=num_examples)

@@ -38,7 +38,6 @@ from esawd.tasks.rules import Rules
 __all__ = [
     "EVAL_SUBSET_SEED",
     "EVAL_SUBSET_SIZE",
-    "PAPER_TASKS",
     "PRIOR_TASKS",
     "PROCEDURAL_TASKS",
     "TARGET_TASKS",
@@ -66,7 +65,6 @@ _TASKS: dict[str, Task] = {
     )
 }
 TASK_NAMES = tuple(_TASKS)
-PAPER_TASKS = TASK_NAMES[:7]  # the paper's seven, in its order
 PROCEDURAL_TASKS = tuple(name for name, task in _TASKS.items() if task.procedural)
 TARGET_TASKS = tuple(name for name, task in _TASKS.items() if task.is_target)
 PRIOR_TASKS = tuple(name for name, task in _TASKS.items() if not task.is_target)

@@ -98,6 +98,11 @@ class Task:
             rows = data.tfds_rows(self.tfds_name, split, data_dir)
         return [self.from_row(row, index=i, split=split) for i, row in enumerate(rows)]
 
+    def generated(self, data_dir: str | Path | None) -> bool:
+        """Whether examples come from `generate` rather than files: always for a procedural
+        task, and for a task that can generate (Countdown) when no data folder is given."""
+        return self.procedural or (not data_dir and hasattr(self, "generate"))
+
     def check_split(self, split: str) -> None:
         """Raise a ValueError naming the valid splits if `split` is not one of them."""
         if split not in self.splits:
