@@ -331,7 +331,7 @@ class GRPOMethod:
     """GRPO: the state is theta_t and AdamW's moments; theta_0 (the KL reference) stays on the
     device. One process, one device."""
 
-    label, unit = "GRPO", "st"
+    label, unit, masters_dtype = "GRPO", "st", "float32"
 
     def __init__(self, s):
         self.g, self.s = s.grpo, s

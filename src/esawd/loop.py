@@ -61,6 +61,8 @@ class Method(Protocol):
     num_steps: int
     seed_meta: dict[str, int]  # stored in every checkpoint; a resumed run must match it
     data_seed: int  # procedural tasks draw their training and held-out examples from it
+    masters_dtype: str  # theta is kept in this dtype from theta_0 on ("float32" but for
+    # ES's reproduction switch es.precision="reference_float16")
 
     def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]: ...
 
@@ -160,6 +162,10 @@ def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict
     """theta_0 written once into the run directory, then the state, from the latest checkpoint
     when there is one; returns (state, start iteration, theta_0 as host arrays)."""
     run = ctx.run
+    if method.masters_dtype != "float32":  # theta_0 itself is rounded, once, for the anchor
+        model = dataclasses.replace(
+            model, params=jax.tree.map(lambda x: x.astype(method.masters_dtype), model.params)
+        )
     has_anchor = run.has_anchor()
     sync("anchor checked")  # every process decides before any starts writing
     if not has_anchor:

@@ -61,7 +61,14 @@ class ESSettings:
     antithetic: bool = False
     num_iterations: int = _field(500, resumable=True)
     seed: int = 0
-    noise_sharing: str = "none"  # "shape" reproduces the reference's correlated noise
+    # "reference": the reference's noise, vLLM's fused layout with shared leading values;
+    # "shape": noise shared between leaves of equal shape (a coarser approximation of it)
+    noise_sharing: str = "none"
+    # "float32": float32 masters, one rounding per step. "reference_float16": the reference's
+    # float16 in-place dynamics (float16 masters, op-by-op rounding, the residue of engine 0's
+    # perturb/restore round trips; needs model.compute_dtype="float16"), a reproduction switch
+    precision: str = "float32"
+    reference_engines: int = 8  # the reference's --num_engines (run.sh: 8), for the residue
     # 0: full-rank noise (the paper's); r >= 1: each weight matrix's noise is A B^T / sqrt(r)
     # (EGGROLL), and the members of a device decode as one batch over the shared weights
     noise_rank: int = 0
@@ -370,6 +377,20 @@ def _check_es(s: RunSettings, *, device_count: int | None) -> None:
     _positive("es.alpha", e.alpha)
     if e.noise_sharing not in es.NOISE_SHARING:
         raise _bad("es.noise_sharing", e.noise_sharing, f"one of {es.NOISE_SHARING}")
+    if e.precision not in es.PRECISIONS:
+        raise _bad("es.precision", e.precision, f"one of {es.PRECISIONS}")
+    if e.precision == "reference_float16":
+        if s.model.compute_dtype != "float16":
+            raise _bad(
+                "model.compute_dtype", s.model.compute_dtype,
+                "es.precision='reference_float16' keeps float16 weights: set it to 'float16'",
+            )  # fmt: skip
+        if e.noise_rank:
+            raise _bad("es.noise_rank", e.noise_rank, "the reference's dynamics are full rank: 0")
+        if e.reference_engines < 1:
+            raise _bad("es.reference_engines", e.reference_engines, "must be >= 1 (run.sh: 8)")
+    if e.noise_sharing == "reference" and e.noise_rank:
+        raise _bad("es.noise_rank", e.noise_rank, "noise_sharing='reference' is full rank: 0")
     if not (isinstance(e.noise_rank, int) and e.noise_rank >= 0):
         raise _bad("es.noise_rank", e.noise_rank, "0 (full-rank noise) or a rank r >= 1")
     if e.members_per_batch < 0:

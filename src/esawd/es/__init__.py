@@ -18,6 +18,8 @@ Fine-Tuning with Evolution Strategies":
 - `update`: reward normalisation, the ES update, anchored weight decay, the fused `es_step`.
 - `anchor`: theta_0 in pinned host memory (`HostAnchor`) and the placement helpers.
 - `population`: sharded population evaluation over the `pop` mesh axis.
+- `reference`: the reference's float16 in-place dynamics (`es.precision`), a reproduction
+  switch.
 
 Dtype policy. Master parameters are float32. With alpha = 5e-4 the per-step change
 (~alpha * |z| ~ 1e-4 per coordinate at most, usually far less) is below bfloat16's
@@ -42,6 +44,7 @@ from esawd.es.noise import (
     slice_noise,
 )
 from esawd.es.population import evaluate_population, fitness_key, population_mesh
+from esawd.es.reference import PRECISIONS, reference_step, residue_trips
 from esawd.es.update import (
     AWD_KINDS,
     anchored_decay,
@@ -55,6 +58,7 @@ __all__ = [
     "AWD_KINDS",
     "CHUNK_ELEMENTS",
     "NOISE_SHARING",
+    "PRECISIONS",
     "STACKED_KEY",
     "HostAnchor",
     "anchored_decay",
@@ -72,6 +76,8 @@ __all__ = [
     "normalize_rewards",
     "perturb",
     "population_mesh",
+    "reference_step",
+    "residue_trips",
     "sample_noise",
     "slice_noise",
 ]

@@ -29,6 +29,7 @@ from esawd import models, sampling, scoring
 from esawd.es.anchor import HostAnchor, host_anchor, host_value
 from esawd.es.noise import is_stacked, iteration_seeds
 from esawd.es.population import evaluate_population, population_mesh
+from esawd.es.reference import reference_step
 from esawd.es.update import es_step, normalize_rewards
 from esawd.loop import Context
 from esawd.types import Params
@@ -226,12 +227,12 @@ def replay(
             raise ValueError(
                 f"es_log is missing iteration {done + 1} (next row: {row['iteration']})"
             )
-        params, _ = es_step(
+        params, _ = apply_update(
             params,
             anchor,
             np.asarray(row["seeds"], np.uint32),
             np.asarray(row["coeffs"], np.float32),
-            **es_log_settings(row),
+            row,
         )
         done = row["iteration"]
     if done != upto:
@@ -241,6 +242,8 @@ def replay(
 
 # The es_step settings each es_log.jsonl row records beside its seeds and coefficients.
 ES_LOG_KEYS = ("alpha", "population_size", "lam", "kind", "noise_sharing", "noise_rank")
+# Recorded too when es.precision="reference_float16": what the reference's residue needs.
+REFERENCE_LOG_KEYS = ("sigma", "antithetic", "reference_engines")
 
 
 def es_log_settings(row: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +251,34 @@ def es_log_settings(row: dict[str, Any]) -> dict[str, Any]:
     rank existed have no noise_rank: full rank)."""
     kw = {k: row[k] for k in ES_LOG_KEYS if k != "noise_rank"}
     return {**kw, "rank": int(row.get("noise_rank", 0))}
+
+
+def es_log_row(e, awd) -> dict[str, Any]:
+    """The update settings an es_log row records, from the run's `es` and `awd` settings."""
+    row = {
+        "alpha": e.alpha, "population_size": e.population_size, "lam": awd.lam,
+        "kind": awd.kind, "noise_sharing": e.noise_sharing, "noise_rank": e.noise_rank,
+        "precision": e.precision,
+    }  # fmt: skip
+    if e.precision == "reference_float16":
+        row.update(sigma=e.sigma, antithetic=e.antithetic, reference_engines=e.reference_engines)
+    return row
+
+
+def apply_update(
+    params: Params, anchor, seeds, coeffs, row: dict[str, Any], *, with_drift: bool = False
+) -> tuple[Params, dict[str, float]]:
+    """The update an es_log row describes: the fused float32 `es_step`, or the reference's
+    float16 in-place dynamics (`es.reference`) for rows with precision="reference_float16"
+    (rows written before the switch existed have no precision: float32)."""
+    kw = es_log_settings(row)
+    if row.get("precision", "float32") == "reference_float16":
+        del kw["rank"]  # full rank only, as the reference
+        return reference_step(
+            params, anchor, seeds, coeffs, sigma=row["sigma"], antithetic=row["antithetic"],
+            engines=row["reference_engines"], **kw,
+        )  # fmt: skip
+    return es_step(params, anchor, seeds, coeffs, **kw, with_drift=with_drift)
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,6 +296,8 @@ class ESMethod:
         self.es, self.awd, self.s = s.es, s.awd, s
         self.num_steps = s.es.num_iterations
         self.seed_meta, self.data_seed = {"es_seed": s.es.seed}, s.es.seed
+        # es.precision="reference_float16": the reference's engines hold float16 weights
+        self.masters_dtype = "float16" if s.es.precision == "reference_float16" else "float32"
         n = s.es.population_size
         self.num_seeds = n // 2 if s.es.antithetic else n
 
@@ -319,12 +352,9 @@ class ESMethod:
                 f"checkpoint ({run.latest_step()}) is intact."
             )
         coeffs = normalize_rewards(member["reward"], antithetic=e.antithetic)
-        row = {
-            "alpha": e.alpha, "population_size": e.population_size, "lam": self.awd.lam,
-            "kind": self.awd.kind, "noise_sharing": e.noise_sharing, "noise_rank": e.noise_rank,
-        }  # fmt: skip
-        params, upd = es_step(
-            state["params"], self.anchor, seeds, coeffs, **es_log_settings(row), with_drift=True
+        row = es_log_row(e, self.awd)
+        params, upd = apply_update(
+            state["params"], self.anchor, seeds, coeffs, row, with_drift=True
         )
         t_update = time.perf_counter()
         if not math.isfinite(upd["drift_norm"]):  # a NaN or Inf anywhere makes it non-finite

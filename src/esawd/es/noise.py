@@ -7,7 +7,11 @@ contains the key `"layers"` are stacked decoder weights `[L, ...]`; layer i of s
 has its own key, so one layer slice can be regenerated alone, on any device, in any order,
 and equals the corresponding part of the full draw. The reference implementation instead
 reseeds its generator for every tensor, so all tensors of one shape share their noise within
-a member; `noise_sharing="shape"` reproduces that (a reproduction switch, off by default).
+a member. Two reproduction switches (off by default) follow it: `noise_sharing="reference"`
+draws each tensor of vLLM's fused layout (`qkv_proj`, `gate_up_proj`, embeddings, norms) as
+the leading values of one standard normal stream per member, the behaviour the reference
+relies on, and hands each of our unfused leaves its part; `noise_sharing="shape"` (the first,
+coarser approximation) shares noise between leaves of equal shape on our unfused layout.
 
 Low-rank noise (`rank=r >= 1`, after EGGROLL, "Evolution Strategies at the Hyperscale"): every
 slice with exactly two dimensions `[m, n]` (each layer of a stacked kernel, the embedding, an
@@ -40,11 +44,15 @@ from jax import lax
 from esawd.types import Params, Seeds
 
 STACKED_KEY = "layers"
-NOISE_SHARING = ("none", "shape")
+NOISE_SHARING = ("none", "shape", "reference")
 _SEED_STREAM = 0x5EED_5EED
 _MAX_SEED = 2**31 - 1
 # Folded into a low-rank slice's key, so its factors never reuse a full-rank draw's bits.
 _LOWRANK_STREAM = 0x10_4A_4C
+# The reference mode's one stream per member: element i is drawn from the key of its chunk
+# i // REFERENCE_CHUNK, so any prefix (any tensor) is the same whatever else is drawn.
+_REFERENCE_STREAM = 0x7EF_5EED
+REFERENCE_CHUNK = 2**16
 # Slices larger than this many elements draw their noise in row chunks with one key each,
 # so the generator's temporaries (several times the drawn size) stay bounded. Part of the
 # noise's definition: changing it changes every large leaf's draw.
@@ -81,7 +89,8 @@ def _check_noise_sharing(noise_sharing: str) -> None:
     if noise_sharing not in NOISE_SHARING:
         raise ValueError(
             f"noise_sharing={noise_sharing!r} is not one of {NOISE_SHARING}; use 'none' "
-            "(independent noise per leaf and layer) or 'shape' (the reference's correlated noise)."
+            "(independent noise per leaf and layer), 'reference' (the reference's fused-layout "
+            "prefix noise) or 'shape' (noise shared between leaves of equal shape)."
         )
 
 
@@ -94,6 +103,12 @@ class _LeafSpec:
     stream: int  # leaf id, or shape id under noise_sharing="shape"
     per_layer: bool  # fold the layer index into the key
     rank: int = 0  # low-rank factors of this rank (0: full-rank noise)
+    # noise_sharing="reference": the vLLM tensor this slice is part of, as (rows, cols) in
+    # torch's [out, in] layout; the slice is rows [row_offset, row_offset + its rows) of it,
+    # transposed when the leaf is a [in, out] kernel. None in the other modes.
+    fused: tuple[int, int] | None = None
+    row_offset: int = 0
+    transpose: bool = False
 
     @property
     def lowrank(self) -> bool:
@@ -105,7 +120,7 @@ class _LeafSpec:
         """Rows of the slice drawn per key: large slices are drawn in row chunks."""
         if len(self.slice_shape) == 0:
             return 1
-        if self.lowrank:  # the factors are small: one draw
+        if self.lowrank or self.fused is not None:  # one draw
             return self.slice_shape[0]
         row = math.prod(self.slice_shape[1:])
         return max(1, min(self.slice_shape[0], CHUNK_ELEMENTS // max(row, 1)))
@@ -142,7 +157,52 @@ def _leaf_specs(params: Params, noise_sharing: str, rank: int = 0) -> list[_Leaf
     _check_noise_sharing(noise_sharing)
     _check_rank(rank)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    if noise_sharing == "reference":
+        if rank:
+            raise ValueError(
+                f"noise_sharing='reference' reproduces the reference's full-rank noise; it "
+                f"cannot be combined with rank={rank} (use noise_rank=0)."
+            )
+        return _reference_specs([(tuple(p), tuple(jnp.shape(x))) for p, x in flat])
     return [_spec(path, jnp.shape(leaf), noise_sharing, rank) for path, leaf in flat]
+
+
+# vLLM fuses these sibling projections into one tensor, rows in this order.
+_FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _reference_specs(flat: list[tuple[tuple, tuple[int, ...]]]) -> list[_LeafSpec]:
+    """Each leaf's place in vLLM's fused layout (noise_sharing="reference").
+
+    Kernels `[in, out]` are torch's `[out, in]` transposed; q/k/v kernels (and Qwen2's q/k/v
+    biases) are row blocks of `qkv_proj`, gate/up kernels of `gate_up_proj`; embeddings,
+    norms and every other leaf are tensors of their own, flattened in row-major order."""
+    names = {path: tuple(str(_key_name(e)) for e in path) for path, _ in flat}
+    shapes = {names[path]: shape for path, shape in flat}
+    specs = []
+    for path, shape in flat:
+        stacked = is_stacked(path) and len(shape) >= 1
+        slice_shape = tuple(int(d) for d in (shape[1:] if stacked else shape))
+        n = names[path]
+        fused, offset, transpose = (math.prod(slice_shape), 1), 0, False
+        kernel = n[-1] == "kernel" and len(slice_shape) == 2
+        if kernel:
+            fused, transpose = (slice_shape[1], slice_shape[0]), True
+        elif n[-1] == "embedding" and len(slice_shape) == 2:
+            fused = slice_shape
+        group = next((g for g in _FUSED_GROUPS if len(n) >= 2 and n[-2] in g), None)
+        if group is not None and (kernel or (n[-1] == "bias" and len(slice_shape) == 1)):
+            sizes = []
+            for member in group:
+                sib = shapes.get((*n[:-2], member, n[-1]))
+                sizes.append(None if sib is None else sib[-1])
+            if None not in sizes:  # all siblings present: rows of the fused tensor
+                offset = sum(sizes[: group.index(n[-2])])
+                fused = (sum(sizes), fused[1])
+        specs.append(
+            _LeafSpec(stacked, slice_shape, _REFERENCE_STREAM, False, 0, fused, offset, transpose)
+        )
+    return specs
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,8 +231,28 @@ def _lowrank_product(a: jax.Array, b: jax.Array, rank: int) -> jax.Array:
     return prod * np.float32(1.0 / math.sqrt(rank))
 
 
+def _stream(seed: jax.Array, start: int, stop: int) -> jax.Array:
+    """Elements [start, stop) of the member's one reference-mode stream, float32."""
+    key = jax.random.fold_in(jax.random.key(seed), _REFERENCE_STREAM)
+    first, last = start // REFERENCE_CHUNK, -(-stop // REFERENCE_CHUNK)
+    draw = lambda c: jax.random.normal(jax.random.fold_in(key, c), (REFERENCE_CHUNK,))
+    values = jax.vmap(draw)(jnp.arange(first, last, dtype=jnp.uint32)).reshape(-1)
+    return values[start - first * REFERENCE_CHUNK : stop - first * REFERENCE_CHUNK]
+
+
+def _reference_noise(seed: jax.Array, spec: _LeafSpec) -> jax.Array:
+    """A slice's part of its fused tensor, whose noise is the stream's leading values."""
+    cols = spec.fused[1]
+    rows = math.prod(spec.slice_shape) // cols
+    start = spec.row_offset * cols
+    block = _stream(seed, start, start + rows * cols).reshape(rows, cols)  # torch [out, in]
+    return (block.T if spec.transpose else block).reshape(spec.slice_shape)
+
+
 def _chunk_noise(seed: jax.Array, spec: _LeafSpec, layer, chunk) -> jax.Array:
     """Noise for rows [chunk * R, (chunk + 1) * R) of one slice (padded past its end)."""
+    if spec.fused is not None:  # noise_sharing="reference": every layer alike
+        return _reference_noise(seed, spec)
     if spec.lowrank:  # one chunk: the dense product, for checks (never on the hot path)
         return _lowrank_product(*_factors(seed, spec, layer), spec.rank)
     key = _slice_key(seed, spec, layer)
@@ -199,6 +279,8 @@ def _slice_noise(seed: jax.Array, spec: _LeafSpec, layer: jax.Array | int) -> ja
 
 def _leaf_noise(seed: jax.Array, spec: _LeafSpec, shape: Sequence[int]) -> jax.Array:
     """The noise of a whole leaf of full shape `shape`."""
+    if spec.fused is not None:  # reference mode: every layer has the same noise
+        return jnp.broadcast_to(_reference_noise(seed, spec), tuple(shape))
     if not spec.stacked:
         return _slice_noise(seed, spec, 0)
     # vmap over layers draws exactly the bits of each layer's own key.
@@ -230,6 +312,11 @@ def slice_noise(
     """
     _check_noise_sharing(noise_sharing)
     _check_rank(rank)
+    if noise_sharing == "reference":
+        raise ValueError(
+            "slice_noise cannot place one leaf in vLLM's fused layout without its siblings; "
+            "use sample_noise(params, seed, noise_sharing='reference')."
+        )
     spec = _spec(tuple(path), tuple(shape), noise_sharing, rank)
     seed = jnp.asarray(seed, jnp.uint32)
     if layer is None:
