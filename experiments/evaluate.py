@@ -4,10 +4,19 @@
         --tasks target,piqa,arc_challenge --data_dir ../shared/data \\
         --num_examples 200 --max_new_tokens target=128,piqa=8,arc_challenge=256 --stride 10
 
+    # the reference's whole protocol (evaluation/run_forgetting.sh + run_kl_divergence.sh)
+    python -m experiments.evaluate --workdir runs/a --data_dir ../shared/data --protocol paper
+
 Writes forgetting.jsonl, kl.jsonl and weight_drift.jsonl into each run directory (see
 `esawd.analysis.analyze_run`); running it again skips what is already written. `target` stands
 for the run's own target task. ES runs can be evaluated at any iteration (replayed from the ES
 log between checkpoints); GRPO runs at their checkpoints.
+
+`--protocol` picks the defaults of the options it covers (`PROTOCOLS`); an option given on
+the command line wins over it. `ours`: the run's target and the four prior tasks at every
+checkpoint. `paper` (`esawd.analysis.forgetting.PAPER_PROTOCOL`): all seven paper tasks at
+iteration 0, every 25th and the last, at most 2048 examples and 1024 new tokens a task, KL on
+the reference's 50 prompts with 256-token samples.
 """
 
 from __future__ import annotations
@@ -16,6 +25,21 @@ import argparse
 import sys
 
 from esawd import analysis, tasks
+from esawd.analysis.forgetting import KL_SELECTIONS, PAPER_PROTOCOL
+
+# The defaults of the options a protocol covers; each is overridden by its command-line flag.
+PROTOCOLS: dict[str, dict] = {
+    "ours": {
+        "tasks": ("target", *tasks.PRIOR_TASKS),
+        "num_examples": tasks.EVAL_SUBSET_SIZE,
+        "max_new_tokens": 1024,
+        "stride": 0,
+        "kl_prompts": 50,
+        "kl_max_new_tokens": 256,
+        "kl_selection": "reference",
+    },
+    "paper": PAPER_PROTOCOL,
+}
 
 
 def parse_tokens(text: str) -> int | dict[str, int]:
@@ -57,28 +81,76 @@ def resolve_tokens(tokens: int | dict[str, int], names: tuple[str, ...], target:
     return {t: table.get(t, default) for t in names}
 
 
-def main(argv: list[str] | None = None) -> None:
+def settings_for(
+    args: argparse.Namespace, config: dict, iterations: tuple[int, ...] = ()
+) -> analysis.AnalysisSettings:
+    """The settings for one run: each option as given, else the protocol's value."""
+    values = {
+        key: default if getattr(args, key) is None else getattr(args, key)
+        for key, default in PROTOCOLS[args.protocol].items()
+    }
+    target = config.get("task", {}).get("name", "")
+    names = values["tasks"]
+    names = resolve_tasks(names.split(",") if isinstance(names, str) else list(names), target)
+    return analysis.AnalysisSettings(
+        tasks=names,
+        data_dir=args.data_dir,
+        num_examples=values["num_examples"],
+        max_new_tokens=resolve_tokens(values["max_new_tokens"], names, target),
+        batch_size=args.batch_size,
+        stride=values["stride"],
+        iterations=iterations,
+        kl=not args.no_kl,
+        kl_prompts=values["kl_prompts"],
+        kl_max_new_tokens=values["kl_max_new_tokens"],
+        kl_seed=args.kl_seed,
+        kl_selection=values["kl_selection"],
+        drift=not args.no_drift,
+        model_cache_dir=args.model_cache_dir,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (options a protocol covers default to None: `settings_for` fills them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", nargs="+", required=True, help="run directories")
     p.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="ours",
+        help="defaults of --tasks, --num_examples, --max_new_tokens, --stride and the KL "
+        "options: ours, or paper (the reference's evaluation)",
+    )
+    p.add_argument(
         "--tasks",
-        default="target," + ",".join(tasks.PRIOR_TASKS),
-        help=f"comma-separated; 'target' = the run's task; any of {','.join(tasks.TASK_NAMES)}",
+        help=f"comma-separated; 'target' = the run's task; any of {','.join(tasks.TASK_NAMES)} "
+        "(default: target and the four prior tasks; paper: the seven paper tasks)",
     )
     p.add_argument("--data_dir", default="", help="folder with <task>/ (default: the run's)")
-    p.add_argument("--num_examples", type=int, default=tasks.EVAL_SUBSET_SIZE)
-    p.add_argument("--max_new_tokens", type=parse_tokens, default=parse_tokens("1024"))
+    p.add_argument("--num_examples", type=int, help="per task, at most (default 2048)")
+    p.add_argument("--max_new_tokens", type=parse_tokens, help="default 1024")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--stride", type=int, default=0, help="every k-th iteration (0: checkpoints)")
+    p.add_argument("--stride", type=int, help="every k-th iteration (0: checkpoints; paper: 25)")
     p.add_argument("--iterations", default="", help="explicit iterations, e.g. 0,10,30")
-    p.add_argument("--kl_prompts", type=int, default=50)
-    p.add_argument("--kl_max_new_tokens", type=int, default=256)
+    p.add_argument("--kl_prompts", type=int, help="default 50")
+    p.add_argument("--kl_max_new_tokens", type=int, help="default 256")
+    p.add_argument(
+        "--kl_selection",
+        choices=KL_SELECTIONS,
+        help="reference (default): random.Random(2357).sample of the whole evaluation split; "
+        "first: the first kl_prompts accuracy examples",
+    )
     p.add_argument("--kl_seed", type=int, default=0)
     p.add_argument("--no_kl", action="store_true", help="skip KL(base || tuned)")
     p.add_argument("--no_drift", action="store_true", help="skip weight drift")
     p.add_argument("--fresh", action="store_true", help="delete earlier evaluation rows first")
     p.add_argument("--model_cache_dir", default="")
     p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
     try:
         iterations = tuple(int(x) for x in args.iterations.split(",") if x.strip())
@@ -86,24 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--iterations {args.iterations!r}: use comma-separated integers, e.g. 0,10,30")
     try:
         for workdir in args.workdir:
-            config = analysis.read_run_config(workdir)
-            target = config.get("task", {}).get("name", "")
-            names = resolve_tasks(args.tasks.split(","), target)
-            settings = analysis.AnalysisSettings(
-                tasks=names,
-                data_dir=args.data_dir,
-                num_examples=args.num_examples,
-                max_new_tokens=resolve_tokens(args.max_new_tokens, names, target),
-                batch_size=args.batch_size,
-                stride=args.stride,
-                iterations=iterations,
-                kl=not args.no_kl,
-                kl_prompts=args.kl_prompts,
-                kl_max_new_tokens=args.kl_max_new_tokens,
-                kl_seed=args.kl_seed,
-                drift=not args.no_drift,
-                model_cache_dir=args.model_cache_dir,
-            )
+            settings = settings_for(args, analysis.read_run_config(workdir), iterations)
             if args.fresh:
                 analysis.clear_analysis(workdir)
             analysis.analyze_run(workdir, settings, progress=not args.no_progress)

@@ -236,6 +236,74 @@ def test_kl_samples_round_trip_through_the_cache(tiny, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def piqa_dir(root, n):
+    """A data folder whose piqa/validation.jsonl holds n distinct problems."""
+    (root / "piqa").mkdir(parents=True)
+    rows = [
+        {"goal": f"Goal {i}", "sol1": f"a {i}", "sol2": f"b {i}", "label": "1"} for i in range(n)
+    ]
+    (root / "piqa" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(root)
+
+
+def test_kl_prompts_are_the_references_selection(tmp_path):
+    import random
+
+    from esawd.analysis.forgetting import kl_examples, task_examples
+
+    data = piqa_dir(tmp_path / "d", 120)
+    whole = PIQA().load("validation", data)
+    accuracy = task_examples("piqa", {}, data_dir=data, num_examples=20)
+
+    def pick(selection, k=50, examples=accuracy):
+        return kl_examples("piqa", {}, examples, data_dir=data, num_prompts=k, selection=selection)
+
+    # evaluate_kl_divergence.py: maybe_select_subset(eval_data, subset_size=50, seed=2357) on
+    # the whole evaluation split, not on the 2048 (here 20) accuracy examples
+    assert pick("reference") == [whole[i] for i in random.Random(2357).sample(range(120), 50)]
+    assert pick("reference") != whole[:50]
+    assert pick("first") == accuracy[:50] == accuracy  # ours before: the accuracy subset's head
+    assert pick("reference", k=200) == whole  # no more prompts than the split: all, in order
+    # a generated task has no whole split: its (random) examples' head either way
+    generated = task_examples("countdown", {}, data_dir="", num_examples=8)
+    assert kl_examples(
+        "countdown", {}, generated, data_dir="", num_prompts=3, selection="reference"
+    ) == generated[:3]  # fmt: skip
+    with pytest.raises(analysis.AnalysisError, match="kl_selection='nope'"):
+        analysis.check_analysis_settings(settings(kl_selection="nope"))
+
+
+def test_kl_prompts_of_a_file_based_target_come_from_its_whole_test_split():
+    import os
+    import random
+
+    from esawd.analysis.forgetting import kl_examples, task_examples
+
+    data = os.environ.get("ESAWD_DATA_DIR")
+    if not data:
+        pytest.skip("set ESAWD_DATA_DIR to the benchmark data folder (e.g. ../shared/data)")
+    run = {"task": {"name": "gsm8k", "data_dir": data, "num_train": 200}}
+    test = tasks.get_task("gsm8k").load("test", data)
+    assert len(test) == 500  # the reference's tasks/gsm8k/test.parquet
+    accuracy = task_examples("gsm8k", run, data_dir=data, num_examples=2048)
+    assert accuracy == test  # fewer than 2048: the whole split, in order
+    got = kl_examples("gsm8k", run, accuracy, data_dir=data, num_prompts=50, selection="reference")
+    assert got == [test[i] for i in random.Random(2357).sample(range(500), 50)]
+
+
+def test_an_evaluation_made_before_kl_selection_resumes_only_as_first(tmp_path):
+    from esawd.analysis.forgetting import _check_resumed_settings
+
+    path = tmp_path / analysis.SETTINGS_FILE
+    old = settings(kl_selection="first").row_settings()
+    del old["kl_selection"]  # evaluate.json as written before the key existed
+    path.write_text(json.dumps(old))
+    with pytest.raises(analysis.AnalysisError, match="kl_selection=first, now reference"):
+        _check_resumed_settings(path, settings().row_settings())
+    _check_resumed_settings(path, settings(kl_selection="first").row_settings())
+    assert json.loads(path.read_text())["kl_selection"] == "first"
+
+
 # ---------------------------------------------------------------------------------------
 # theta_t of a run.
 # ---------------------------------------------------------------------------------------

@@ -309,3 +309,26 @@ def test_bad_gguf_names_file(tmp_path):
         models.load(f, tokenizer=False)
     with pytest.raises(FileNotFoundError, match="absent.gguf"):
         gguf_io.load_gguf(tmp_path / "absent.gguf")
+
+
+def test_generation_config_stop_tokens_are_merged(tmp_path):
+    d = _tiny_dir(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 5}))
+    (d / "generation_config.json").unlink(missing_ok=True)
+    assert hf.read_config(d).eos_ids == (5,)
+    # a list (Qwen2.5-Instruct's [<|im_end|>, <|endoftext|>]): config.json's id first, once
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 5]}))
+    assert models.load(d, tokenizer=False).config.eos_ids == (5, 7)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": 9}))
+    assert hf.read_config(d).eos_ids == (5, 9)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": "x"}))
+    with pytest.raises(ValueError, match="generation_config.json.*eos_token_id"):
+        hf.read_config(d)
+
+
+def test_qwen_presets_stop_at_both_end_tokens():
+    qwen = [name for name in mconfig.PRESETS if name.startswith("qwen2.5")]
+    assert len(qwen) == 4
+    for name in qwen:
+        assert mconfig.PRESETS[name][1].eos_ids == (151645, 151643), name

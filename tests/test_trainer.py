@@ -297,19 +297,7 @@ def test_command_line_overrides_reach_the_settings():
     settings.check(s)  # the default config is valid as shipped
 
 
-@pytest.mark.parametrize("variant", paper.variants())
-def test_paper_configs_build_with_paper_settings(variant):
-    c = paper.get_config(variant)
-    s = settings.from_config(c)
-    settings.check(s)
-    assert (s.es.sigma, s.es.alpha, s.es.num_iterations) == (1e-3, 5e-4, 500)
-    assert (s.task.num_train, s.task.max_new_tokens) == (200, 1024)
-    assert s.model.name in models.PRESETS
-    if s.awd.kind == "l2":
-        assert s.awd.lam == 10.0
-    if s.awd.kind == "l1":
-        assert s.awd.lam == 0.01
-    assert s.es.population_size in (30, 128, 256)
+# Every paper config built and checked against the reference's settings: test_paper_configs.py.
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,8 @@ class GRPOSettings:
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
     interval: int = 50  # held-out accuracy every this many iterations (0: only at the end)
+    # held-out examples: a seeded subset of this many (tasks.eval_subset); 0: no held-out
+    # evaluation; -1 (tasks.ALL_EXAMPLES): the whole test split, as the reference's es.py
     num_examples: int = 200
     batch_size: int = 64
     # KL(base || tuned) at each evaluation on prompts of this task, one the run is not trained
@@ -344,8 +346,19 @@ def _check_common(s: RunSettings) -> None:
     if s.task.data_dir and not Path(s.task.data_dir).expanduser().is_dir():
         raise _bad("task.data_dir", s.task.data_dir, "no such directory")
     _at_least_one(task__num_train=s.task.num_train, task__max_new_tokens=s.task.max_new_tokens)
-    if s.eval.interval < 0 or s.eval.num_examples < 0 or s.eval.batch_size < 1:
-        raise _bad("eval", dataclasses.asdict(s.eval), "interval, num_examples >= 0, batch >= 1")
+    if s.eval.interval < 0 or s.eval.num_examples < -1 or s.eval.batch_size < 1:
+        raise _bad(
+            "eval", dataclasses.asdict(s.eval), "interval >= 0, num_examples >= -1, batch >= 1"
+        )
+    if s.eval.num_examples == tasks.ALL_EXAMPLES and tasks.get_task(s.task.name).generated(
+        s.task.data_dir
+    ):
+        raise _bad(
+            "eval.num_examples",
+            s.eval.num_examples,
+            f"-1 (the whole test split) needs {s.task.name} from files (task.data_dir); "
+            "generated problems have no fixed test set, give a number",
+        )
     if s.eval.kl_task:
         if s.eval.kl_task not in tasks.TASK_NAMES:
             raise _bad(

@@ -21,13 +21,15 @@ appended as soon as it is done, so an interrupted analysis loses at most the ite
 
 Protocol (as the reference's `evaluation/evaluate_forgetting.py`): greedy decoding with each
 task's prompts, at most `num_examples` examples per task drawn with random.Random(2357)
-(`tasks.eval_subset`), MMLU-Pro 5-shot. KL: `kl_prompts` prompts of each task, one
-continuation each sampled from theta_0 at temperature 1 (at most `kl_max_new_tokens` tokens),
-scored under theta_0 and theta_t; `kl` is the token-weighted k1 estimate
-sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over prompts of each prompt's
+(`tasks.eval_subset`), MMLU-Pro 5-shot. KL: `kl_prompts` prompts of each task (with
+`kl_selection="reference"`, random.Random(2357).sample of the whole evaluation split, as the
+reference's `evaluate_kl_divergence.py --subset_size 50`; `"first"`: the first `kl_prompts` of
+the accuracy examples), one continuation each sampled from theta_0 at temperature 1 (at most
+`kl_max_new_tokens` tokens), scored under theta_0 and theta_t; `kl` is the token-weighted k1
+estimate sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over prompts of each prompt's
 per-token average (`kl.py`). Drift: ||theta_t - theta_0|| accumulated in float64, globally,
-per module type and per layer (`drift.py`). This module holds the settings and the job that
-runs them over one run directory.
+per module type and per layer (`drift.py`). `PAPER_PROTOCOL` holds the reference's whole
+protocol. This module holds the settings and the job that runs them over one run directory.
 """
 
 from __future__ import annotations
@@ -55,6 +57,41 @@ DRIFT_FILE = "weight_drift.jsonl"
 SETTINGS_FILE = "evaluate.json"
 SAMPLES_DIR = "kl_samples"
 
+# Which prompts KL is measured on: "reference" draws random.Random(2357).sample(range(n), k)
+# from the task's whole evaluation split of n examples (all of them when n <= k), as the
+# reference's run_kl_divergence.sh (SUBSET_SIZE=50) does; "first" takes the first k of the
+# accuracy examples, which for a split of at most 2048 is the file's first k rows.
+KL_SELECTIONS = ("reference", "first")
+# The selection of evaluations made before `kl_selection` existed (their evaluate.json lacks it).
+LEGACY_KL_SELECTION = "first"
+
+# The paper's seven tasks: the three targets (the two a run is not trained on count as prior
+# tasks) and the four prior tasks, in the order of the reference's run_forgetting.sh.
+PAPER_TASKS = (
+    "countdown",
+    "gsm8k",
+    "proofwriter",
+    "hellaswag",
+    "piqa",
+    "arc_challenge",
+    "mmlu_pro",
+)
+# The reference's evaluation as AnalysisSettings fields (evaluation/run_forgetting.sh,
+# evaluate_forgetting.py, run_kl_divergence.sh, evaluate_kl_divergence.py, utils.py): every
+# task at iteration 0, every 25th (es.py's --eval_interval default) and the last; at most 2048
+# examples a task (all of each target's test split: 2000, 500, 1000); greedy generation of at
+# most 1024 tokens (utils.generate_rollouts' default) for every task; KL on 50 prompts, one
+# temperature-1 base sample each of at most 256 tokens.
+PAPER_PROTOCOL: dict[str, Any] = {
+    "tasks": PAPER_TASKS,
+    "num_examples": 2048,
+    "max_new_tokens": 1024,
+    "stride": 25,
+    "kl_prompts": 50,
+    "kl_max_new_tokens": 256,
+    "kl_selection": "reference",
+}
+
 
 # ---------------------------------------------------------------------------------------
 # Settings and the run being analyzed.
@@ -74,6 +111,7 @@ class AnalysisSettings:
     kl_prompts: int = 50
     kl_max_new_tokens: int = 256
     kl_seed: int = 0
+    kl_selection: str = "reference"  # KL_SELECTIONS
     drift: bool = True
     model_cache_dir: str = ""  # "" = the run's model.cache_dir
 
@@ -95,6 +133,7 @@ class AnalysisSettings:
             "kl_prompts": self.kl_prompts,
             "kl_max_new_tokens": self.kl_max_new_tokens,
             "kl_seed": self.kl_seed,
+            "kl_selection": self.kl_selection,
         }
 
 
@@ -109,6 +148,10 @@ def check_analysis_settings(s: AnalysisSettings) -> None:
     for key in ("num_examples", "batch_size", "kl_prompts", "kl_max_new_tokens"):
         if getattr(s, key) < 1:
             raise AnalysisError(f"{key}={getattr(s, key)} is invalid: it must be >= 1.")
+    if s.kl_selection not in KL_SELECTIONS:
+        raise AnalysisError(
+            f"kl_selection={s.kl_selection!r} is invalid: use one of {', '.join(KL_SELECTIONS)}."
+        )
     if s.stride < 0:
         raise AnalysisError(f"stride={s.stride} is invalid: use 0 (every checkpoint) or >= 1.")
     for t in s.tasks:
@@ -155,27 +198,56 @@ def eval_split(task) -> str:
     return "test" if "test" in task.splits else "validation"
 
 
+def _task_data_dir(name: str, run_config: Mapping[str, Any], data_dir: str) -> str:
+    """Where task `name`'s examples come from in this run ("" = generated or the hub)."""
+    run_task = run_config.get("task", {})
+    if name == run_task.get("name"):
+        # The run's target task: a run on procedural or hub data stays on it; a file-based
+        # one may have moved.
+        return (data_dir or run_task.get("data_dir", "")) if run_task.get("data_dir") else ""
+    return data_dir or run_task.get("data_dir", "")
+
+
 def task_examples(
     name: str, run_config: Mapping[str, Any], *, data_dir: str, num_examples: int
 ) -> list[dict]:
-    """The evaluation examples of task `name` for this run (the same for every iteration)."""
+    """The evaluation examples of task `name` for this run (the same for every iteration);
+    num_examples=tasks.ALL_EXAMPLES: the whole split (not for generated tasks)."""
     task = tasks.get_task(name)
     run_task = run_config.get("task", {})
+    source = _task_data_dir(name, run_config, data_dir)
     if name == run_task.get("name"):
-        # The run's target task: its own held-out split and subset, as the trainer draws it
-        # (a run on procedural or hub data stays on it; a file-based one may have moved).
-        moved = (data_dir or run_task.get("data_dir", "")) if run_task.get("data_dir") else ""
+        # The run's target task: its own held-out split and subset, as the trainer draws it.
         seed = run_config.get("es", run_config.get("grpo", {})).get("seed", 0)
         splits = {k: run_task[k] for k in ("train_split", "eval_split") if k in run_task}
         return scoring.load_examples(
-            name, data_dir=moved, num_train=run_task.get("num_train", 200),
+            name, data_dir=source, num_train=run_task.get("num_train", 200),
             eval_size=num_examples, seed=seed, **splits,
         )[1]  # fmt: skip
-    data_dir = data_dir or run_task.get("data_dir", "")
-    if task.generated(data_dir):
+    if task.generated(source):
         return task.generate(num_examples, seed=tasks.EVAL_SUBSET_SEED, split="test")
-    examples = task.load(eval_split(task), data_dir or None)
+    examples = task.load(eval_split(task), source or None)
     return tasks.eval_subset(examples, size=num_examples)
+
+
+def kl_examples(
+    name: str,
+    run_config: Mapping[str, Any],
+    examples: list[dict],
+    *,
+    data_dir: str,
+    num_prompts: int,
+    selection: str,
+) -> list[dict]:
+    """The prompts KL(base || tuned) is measured on (`KL_SELECTIONS`); `examples` are the
+    task's accuracy examples. Generated tasks (the reference has none) have no whole split to
+    draw from: their first `num_prompts` examples, already a random draw, serve both ways."""
+    if selection == "first" or tasks.get_task(name).generated(
+        _task_data_dir(name, run_config, data_dir)
+    ):
+        return examples[:num_prompts]
+    whole = task_examples(name, run_config, data_dir=data_dir, num_examples=tasks.ALL_EXAMPLES)
+    return tasks.eval_subset(whole, size=num_prompts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +260,7 @@ def _check_resumed_settings(path: Path, current: dict[str, Any]) -> None:
         path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
     stored = json.loads(path.read_text())
+    stored.setdefault("kl_selection", LEGACY_KL_SELECTION)
     merged_tokens = {**stored.get("max_new_tokens", {}), **current["max_new_tokens"]}
     for key, value in current.items():
         old = stored.get(key)
@@ -237,6 +310,17 @@ def analyze_run(
     examples = {
         t: task_examples(t, run_config, data_dir=s.data_dir, num_examples=s.num_examples)
         for t in s.tasks
+    }
+    kl_prompts = {
+        t: kl_examples(
+            t,
+            run_config,
+            examples[t],
+            data_dir=s.data_dir,
+            num_prompts=s.kl_prompts,
+            selection=s.kl_selection,
+        )
+        for t in (s.tasks if s.kl else ())
     }
     m = run_config["model"]
     model = models.load(
@@ -291,7 +375,9 @@ def analyze_run(
                 logs[FORGETTING_FILE].append({"iteration": t, "task": name, **row})
             else:
                 if name not in samples:
-                    samples[name] = _kl_samples(root, s, config, theta0, tokenizer, name, examples)
+                    samples[name] = _kl_samples(
+                        root, s, config, theta0, tokenizer, name, kl_prompts[name]
+                    )
                 smp = samples[name]
                 logp = [log_probs(config, params, smp, b) for b in range(len(smp.tokens))]
                 logs[KL_FILE].append({"iteration": t, "task": name, **kl_divergence(smp, logp)})
@@ -301,21 +387,23 @@ def analyze_run(
     return {name: log_.rows() for name, log_ in logs.items()}
 
 
-def _kl_samples(root, s, config, theta0, tokenizer, name, examples) -> KLSamples:
-    """The task's cached base samples, sampled (and cached) on first use."""
+def _kl_samples(root, s, config, theta0, tokenizer, name, prompts) -> KLSamples:
+    """The task's cached base samples on `prompts`, sampled (and cached) on first use."""
     path = root / SAMPLES_DIR / f"{name}.npz"
     meta = {
         "task": name,
-        "num_prompts": min(s.kl_prompts, len(examples[name])),
+        "num_prompts": len(prompts),
         "max_new_tokens": s.kl_max_new_tokens,
         "seed": s.kl_seed,
+        "selection": s.kl_selection,
     }
     if path.exists():
         smp, stored = KLSamples.load(path)
+        stored.setdefault("selection", LEGACY_KL_SELECTION)
         if {k: stored.get(k) for k in meta} == meta:
             return smp
     smp = sample_base(
-        config, theta0, tokenizer, tasks.get_task(name), examples[name][: s.kl_prompts],
+        config, theta0, tokenizer, tasks.get_task(name), prompts,
         max_new_tokens=s.kl_max_new_tokens, seed=s.kl_seed, batch_size=s.batch_size,
     )  # fmt: skip
     smp.save(path, {**meta, "num_batches": len(smp.tokens)})

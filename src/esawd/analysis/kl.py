@@ -1,7 +1,11 @@
 """KL(base || tuned) on the base model's own samples (paper Sec. 5): one continuation per
 prompt sampled from theta_0 at temperature 1, scored under theta_0 and theta_t; `kl` is the
 token-weighted k1 estimate sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over
-prompts of each prompt's per-token average.
+prompts of each prompt's per-token average. These are the reference's
+`token_weighted_kl_divergence` (the one its KL figure plots) and
+`prompt_averaged_kl_divergence` (evaluation/evaluate_kl_divergence.py); continuation lengths
+count the stop token, as vLLM's do, so no prompt has an empty one. Which prompts:
+`forgetting.kl_examples`.
 """
 
 from __future__ import annotations

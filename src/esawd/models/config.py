@@ -207,7 +207,9 @@ def _qwen(d, layers, heads, kv, ff, *, vocab=151936, tie=True) -> ModelConfig:
         arch="qwen2", vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads,
         n_kv_heads=kv, head_dim=d // heads, d_ff=ff, rms_eps=1e-6, rope_theta=1e6,
         max_position=32768, tie_embeddings=tie, qkv_bias=True, bos_id=151643,
-        eos_ids=(151645,),
+        # <|im_end|> and <|endoftext|>: generation_config.json's stops, which vLLM (the
+        # reference's sampler) and transformers obey; config.json names only the first
+        eos_ids=(151645, 151643),
     )  # fmt: skip
 
 

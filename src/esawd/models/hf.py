@@ -137,7 +137,8 @@ def _shard_files(directory: Path) -> list[Path]:
 
 
 def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> ModelConfig:
-    """The ModelConfig of a Hugging Face model directory (from its config.json)."""
+    """The ModelConfig of a Hugging Face model directory (from its config.json), with the stop
+    tokens of its generation_config.json added when it has one."""
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; a Hugging Face model directory needs one")
@@ -146,9 +147,30 @@ def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> Mode
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     try:
-        return from_hf_config(raw, dtype=dtype)
+        config = from_hf_config(raw, dtype=dtype)
     except KeyError as e:
         raise ValueError(f"{path} lacks the field {e.args[0]!r}") from e
+    extra = [i for i in generation_eos_ids(directory) if i not in config.eos_ids]
+    return config.replace(eos_ids=config.eos_ids + tuple(extra)) if extra else config
+
+
+def generation_eos_ids(directory: str | os.PathLike) -> tuple[int, ...]:
+    """`eos_token_id` (an int or a list) of the directory's generation_config.json, () without
+    one. Generation stops there: Qwen2.5-Instruct's config.json names only <|im_end|>, its
+    generation_config.json also <|endoftext|>, and vLLM and transformers stop at both."""
+    path = Path(directory) / "generation_config.json"
+    if not path.exists():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a JSON object: {e}") from e
+    if eos is None:
+        return ()
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id={eos!r} is not an int or a list of ints")
+    return tuple(ids)
 
 
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:

@@ -36,6 +36,7 @@ from esawd.tasks.proofwriter import ProofWriter
 from esawd.tasks.rules import Rules
 
 __all__ = [
+    "ALL_EXAMPLES",
     "EVAL_SUBSET_SEED",
     "EVAL_SUBSET_SIZE",
     "PRIOR_TASKS",
@@ -73,6 +74,9 @@ PRIOR_TASKS = tuple(name for name, task in _TASKS.items() if not task.is_target)
 # 2048 examples per task, drawn with random.Random(2357).sample.
 EVAL_SUBSET_SIZE = 2048
 EVAL_SUBSET_SEED = 2357
+# A size meaning "every example" (eval.num_examples=-1: the whole test split, as the
+# reference's es.py evaluates during training).
+ALL_EXAMPLES = -1
 
 T = TypeVar("T")
 
@@ -88,9 +92,10 @@ def get_task(name: str) -> Task:
 def eval_subset(
     examples: Sequence[T], *, size: int | None = EVAL_SUBSET_SIZE, seed: int = EVAL_SUBSET_SEED
 ) -> list[T]:
-    """The reference's evaluation subset: all examples if size is None or >= len, else a
-    seeded random.Random(seed).sample of `size` of them (same indices, same order)."""
-    if size is None or size >= len(examples):
+    """The reference's evaluation subset: all examples if size is None, ALL_EXAMPLES or
+    >= len, else a seeded random.Random(seed).sample of `size` of them (same indices, same
+    order)."""
+    if size is None or size == ALL_EXAMPLES or size >= len(examples):
         return list(examples)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
