@@ -62,19 +62,34 @@ def run_random_walk(
     record_every: int = 10,
     noise_rank: int = 0,
     matrix_rows: int = 40,
+    theta_scale: float = 1.0,
+    precision: str = "float32",
 ) -> RandomWalk:
-    """Run ES (+ AWD) on the toy reward and record drift and loss over iterations."""
+    """Run ES (+ AWD) on the toy reward and record drift and loss over iterations.
+
+    theta_0 is `theta_scale` times a standard normal draw (0.02: the magnitude of LLM
+    weights, where float16 rounding bites); `precision="reference_float16"` runs the
+    reference's float16 in-place dynamics (`es.reference_step`, 8 engines) instead of float32
+    masters."""
     es.check_awd(alpha=alpha, lam=lam, kind=kind)
+    if precision not in es.PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {es.PRECISIONS}.")
+    if precision != "float32" and noise_rank:
+        raise ValueError("precision='reference_float16' is full rank: use noise_rank=0.")
     if noise_rank and dim % matrix_rows:
         raise ValueError(f"dim={dim} must be a multiple of matrix_rows={matrix_rows}.")
     shape = (matrix_rows, dim // matrix_rows) if noise_rank else (dim,)
     k = num_constrained
     rng = np.random.default_rng(seed)
-    theta0 = rng.normal(size=dim).astype(np.float32)
+    theta0 = (theta_scale * rng.normal(size=dim)).astype(np.float32)
+    if precision != "float32":  # the reference's engines hold float16 weights
+        theta0 = theta0.astype(np.float16).astype(np.float32)
     direction = rng.normal(size=k)
     target = theta0[:k] + target_distance * direction / np.linalg.norm(direction)
     fitness = _fitness_cache(tuple(np.asarray(target, np.float32).tolist()))
     params = {"w": jnp.asarray(theta0).reshape(shape)}
+    if precision != "float32":
+        params = {"w": params["w"].astype(jnp.float16)}
     anchor = es.host_anchor(params)
     rows = []
 
@@ -89,17 +104,12 @@ def run_random_walk(
         seeds = es.iteration_seeds(base_seed=seed, iteration=t, population_size=population_size)
         rewards = es.evaluate_population(fitness, params, seeds, sigma=sigma, rank=noise_rank)
         coeffs = es.normalize_rewards(rewards)
-        params, _ = es.es_step(
-            params,
-            anchor,
-            seeds,
-            coeffs,
-            alpha=alpha,
-            population_size=population_size,
-            lam=lam,
-            kind=kind,
-            rank=noise_rank,
-        )
+        kw = {"alpha": alpha, "population_size": population_size, "lam": lam, "kind": kind}
+        if precision == "float32":
+            params, _ = es.es_step(params, anchor, seeds, coeffs, **kw, rank=noise_rank)
+        else:
+            params, _ = es.reference_step(params, anchor, seeds, coeffs, **kw, sigma=sigma,
+                                          engines=8)  # fmt: skip
         if t % record_every == 0 or t == num_iterations:
             record(t)
     cols = [np.asarray(c) for c in zip(*rows, strict=True)]

@@ -21,13 +21,12 @@ Fine-Tuning with Evolution Strategies":
 - `reference`: the reference's float16 in-place dynamics (`es.precision`), a reproduction
   switch.
 
-Dtype policy. Master parameters are float32. With alpha = 5e-4 the per-step change
-(~alpha * |z| ~ 1e-4 per coordinate at most, usually far less) is below bfloat16's
-resolution (2^-8 relative) for typical weights, so an update applied in bfloat16 is mostly
-rounded away: this is why the reference's in-place fp16 update loses precision. Every
-function here computes in float32 and casts back to each leaf's dtype, so other dtypes are
-accepted, but only float32 masters accumulate small updates faithfully. Compute dtypes for
-the forward pass are a separate, model-level setting.
+Dtype policy. Master parameters are float32: every function here computes in float32 and
+casts back to each leaf's dtype, one rounding per step. The ES step's std per weight,
+alpha / sqrt(N) (9.1e-5 at the paper's settings), is below bfloat16's resolution for most
+weights but several float16 steps for |w| ~ 0.02; float16 in place mostly breaks anchored weight
+decay instead (a dead zone, docs/algorithm.md), which `reference_step` reproduces on request.
+Compute dtypes for the forward pass are a separate, model-level setting.
 """
 
 from esawd.es.anchor import HostAnchor, host_anchor, host_value
