@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numerics import logit_tol
 
-from esawd import models
+from esawd import es, models
 from esawd.models import config as mconfig
 from esawd.models import gguf_io, hf
 
@@ -162,6 +162,28 @@ def test_bfloat16_compute_close_to_float32(hf_pair):
     err = float(jnp.abs(f32 - bf16).max())
     assert 0 < err < 0.1 * float(jnp.abs(f32).max())  # really computed in bf16, and close
     assert ours.params["embed"]["embedding"].dtype == jnp.float32  # masters untouched
+
+
+def test_float16_compute_close_to_float32_and_keeps_a_members_perturbation(hf_pair):
+    # The paper configs compute in float16, as the reference's vLLM engines.
+    _, ours = hf_pair
+    ids = jnp.asarray(np.arange(17).reshape(1, 17) % VOCAB)
+    mask = jnp.ones(ids.shape, bool)
+    f16_config = ours.config.replace(dtype="float16")
+    f32 = models.forward(ours.config, ours.params, ids, mask)
+    f16 = models.forward(f16_config, ours.params, ids, mask)
+    bf16 = models.forward(ours.config.replace(dtype="bfloat16"), ours.params, ids, mask)
+    assert f16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(f16)))
+    err16, err_bf16 = float(jnp.abs(f32 - f16).max()), float(jnp.abs(f32 - bf16).max())
+    assert 0 < err16 < err_bf16 / 3  # computed in float16: 3 more mantissa bits than bf16
+    # A member theta + sigma eps at the paper's sigma: the logit change float16 computes
+    # follows float32's; in bfloat16 much of the perturbation rounds away.
+    member = es.perturb(ours.params, 7, sigma=1e-3)
+    d32 = models.forward(ours.config, member, ids, mask) - f32
+    d16 = models.forward(f16_config, member, ids, mask) - f16
+    dbf = models.forward(ours.config.replace(dtype="bfloat16"), member, ids, mask) - bf16
+    rel16, rel_bf16 = (float(jnp.linalg.norm(d - d32) / jnp.linalg.norm(d32)) for d in (d16, dbf))
+    assert rel16 < 0.5 and rel16 < rel_bf16 / 2, (rel16, rel_bf16)
 
 
 def test_export_round_trip_exact(hf_pair, tmp_path):
