@@ -156,6 +156,36 @@ def test_weight_drift_matches_numpy():
     for layer in range(3):
         parts = [d[layer].ravel() for p, d in diffs.items() if p[0] == "layers"]
         assert got["per_layer"][layer] == pytest.approx(np.linalg.norm(np.concatenate(parts)))
+    # untied head: the reference's state_dict has each tensor once, as ours
+    assert got["frobenius_reference"] == got["frobenius"]
+    assert got["relative_reference"] == got["relative"]
+
+
+def test_weight_drift_of_a_tied_head_counts_it_once_and_the_reference_twice():
+    # theta_0: embedding [[3, 0], [0, 0]] (||.||^2 = 9), norm [0, 4] (16): ||theta_0|| = 5.
+    # Drift: embedding +2 in one entry (4), norm +1 in one entry (1): ours sqrt(5). The
+    # reference's state_dict also holds lm_head.weight, the same tensor as the embedding, so
+    # it adds the embedding again: drift sqrt(4 + 4 + 1) = 3, ||theta_0|| sqrt(9 + 9 + 16).
+    theta0 = {"embed": {"embedding": np.array([[3.0, 0.0], [0.0, 0.0]], np.float32)},
+              "norm": {"scale": np.array([0.0, 4.0], np.float32)}}  # fmt: skip
+    theta = {"embed": {"embedding": np.array([[3.0, 2.0], [0.0, 0.0]], np.float32)},
+             "norm": {"scale": np.array([1.0, 4.0], np.float32)}}  # fmt: skip
+    assert analysis.has_tied_head(theta)
+    got = analysis.weight_drift(jax.device_put(theta), jax.device_put(theta0))
+    assert got["frobenius"] == pytest.approx(np.sqrt(5.0), rel=1e-15)
+    assert got["relative"] == pytest.approx(np.sqrt(5.0) / 5.0, rel=1e-15)
+    assert got["frobenius_reference"] == 3.0
+    assert got["relative_reference"] == pytest.approx(3.0 / np.sqrt(34.0), rel=1e-15)
+    assert got["num_params"] == 6 and "head" not in got["per_module"]
+    # told the head is untied, both count the embedding once
+    untied = analysis.weight_drift(theta, theta0, tied_head=False)
+    assert untied["frobenius_reference"] == untied["frobenius"] == got["frobenius"]
+    # an untied model (an lm_head leaf) is detected as such
+    theta["lm_head"] = theta0["lm_head"] = {"kernel": np.ones((2, 2), np.float32)}
+    assert not analysis.has_tied_head(theta)
+    assert analysis.weight_drift(theta, theta0)["frobenius_reference"] == pytest.approx(
+        np.sqrt(5.0), rel=1e-15
+    )
 
 
 @pytest.fixture(scope="module")

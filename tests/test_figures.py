@@ -1,5 +1,6 @@
 """The figures (esawd.figures, experiments.figures) and the notebooks, on tiny evaluated runs."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from experiments import figures as figures_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FIGURES = {f"{name}.png" for name in figures.FIGURES}
+TABLE_FILES = {f"{name}.{ext}" for name in figures.TABLES for ext in ("md", "tex")}
 
 
 # Meant to keep the module on one pytest-xdist worker so its runs train once (not yet
@@ -54,12 +56,237 @@ def runs(tmp_path_factory):
     return [c.workdir for c in configs]
 
 
+# ---------------------------------------------------------------------------------------
+# Paper-style runs written by hand: seven tasks, several models, ES, ES + AWD and GRPO.
+# ---------------------------------------------------------------------------------------
+
+PAPER_TASKS = ("countdown", "gsm8k", "proofwriter", "hellaswag", "piqa", "arc_challenge",
+               "mmlu_pro")  # fmt: skip
+ITERATIONS = (0, 25, 50)
+# name -> (model name as config.json has it, target, method, awd lam, es seed)
+PAPER_RUNS = {
+    "qwen3b_cd_es_s0": ("qwen2.5-3b-instruct", "countdown", "es", 0.0, 0),
+    "qwen3b_cd_es_s1": ("qwen2.5-3b-instruct", "countdown", "es", 0.0, 1),
+    "qwen3b_cd_grpo": ("Qwen/Qwen2.5-3B-Instruct", "countdown", "grpo", 0.0, 0),
+    "llama3b_cd_es": ("llama-3.2-3b-instruct", "countdown", "es", 0.0, 0),
+    "llama3b_cd_grpo": ("/models/Llama-3.2-3B-Instruct", "countdown", "grpo", 0.0, 0),
+    "qwen15b_pw_es": ("qwen2.5-1.5b-instruct", "proofwriter", "es", 0.0, 0),
+    "qwen7b_pw_grpo": ("qwen2.5-7b-instruct", "proofwriter", "grpo", 0.0, 0),
+    "qwen3b_gsm_awd": ("qwen2.5-3b-instruct", "gsm8k", "es", 150.0, 0),
+    "qwen3b_gsm_grpo": ("qwen2.5-3b-instruct", "gsm8k", "grpo", 0.0, 0),
+}
+# The accuracies of llama3b_cd_es at iterations 0, 25, 50, for changes checked by hand.
+LLAMA_ES = {
+    "countdown": (0.10, 0.20, 0.30),  # +20.0 points
+    "gsm8k": (0.50, 0.45, 0.375),  # -12.5
+    "proofwriter": (0.40, 0.40, 0.45),  # +5.0
+    "hellaswag": (0.60, 0.60, 0.60),  # +0.0
+    "piqa": (0.70, 0.69, 0.65),  # -5.0
+    "arc_challenge": (0.30, 0.31, 0.32),  # +2.0
+    "mmlu_pro": (0.20, 0.20, 0.16),  # -4.0; prior mean (all but countdown) -14.5 / 6 = -2.4
+}
+
+
+@pytest.fixture(scope="module")
+def paper_runs(tmp_path_factory):
+    """PAPER_RUNS as run directories: config.json as the trainer writes it (the tiny configs,
+    model, task, method and AWD set) and forgetting.jsonl with all seven tasks at ITERATIONS.
+    Returns {name: (workdir, {(task, iteration): accuracy})}."""
+    root = tmp_path_factory.mktemp("paper_runs")
+    rng = np.random.default_rng(7)
+    out = {}
+    for name, (model, target, method, lam, seed) in PAPER_RUNS.items():
+        workdir = root / name
+        workdir.mkdir()
+        c = tiny_config(workdir, model, method=method)
+        c.task.name = target
+        if method == "es":
+            c.es.population_size, c.es.seed = 30, seed
+            c.awd.kind, c.awd.lam = ("l2", lam) if lam else ("none", 0.0)
+        (workdir / "config.json").write_text(json.dumps(c.to_dict(), indent=2, sort_keys=True))
+        acc = {}
+        for task in PAPER_TASKS:
+            vals = LLAMA_ES[task] if name == "llama3b_cd_es" else rng.integers(0, 65, 3) / 64
+            acc |= {(task, t): float(v) for t, v in zip(ITERATIONS, vals, strict=True)}
+        rows = [{"iteration": t, "task": task, "accuracy": a, "format_rate": 1.0, "reward": a,
+                 "tokens": 10.0, "num_examples": 64} for (task, t), a in acc.items()]  # fmt: skip
+        (workdir / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[name] = (workdir, acc)
+    return out
+
+
+def change(acc, task):
+    """Final minus initial accuracy in points, by hand from the fixture's rows."""
+    return 100 * (acc[task, ITERATIONS[-1]] - acc[task, ITERATIONS[0]])
+
+
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("qwen2.5-3b-instruct", ("Qwen2.5", "3B")),
+        ("Qwen/Qwen2.5-1.5B-Instruct", ("Qwen2.5", "1.5B")),
+        ("/models/Qwen2.5-7B-Instruct/", ("Qwen2.5", "7B")),
+        ("llama-3.2-3b-instruct", ("Llama-3.2", "3B")),
+        ("meta-llama/Llama-3.2-1B-Instruct", ("Llama-3.2", "1B")),
+        ("smollm2-135m-instruct", ("SmolLM2", "135M")),
+        ("runs/x/model", ("model", "")),
+    ],
+)
+def test_model_family_and_size_from_the_model_name(name, want):
+    assert figures.model_family_size(name) == want
+    assert figures.model_label(name) == (f"{want[0]}-{want[1]}" if want[1] else want[0])
+
+
+def test_prior_tasks_are_every_evaluated_task_but_the_target(paper_runs):
+    workdir, acc = paper_runs["llama3b_cd_es"]
+    (run,) = figures.load_runs([workdir])
+    assert run.prior_tasks == [t for t in PAPER_TASKS if t != "countdown"]  # gsm8k, proofwriter too
+    its, target, prior = run.target_and_prior()
+    assert list(its) == list(ITERATIONS)
+    np.testing.assert_allclose(target, LLAMA_ES["countdown"])
+    want = [np.mean([acc[t, i] for t in PAPER_TASKS[1:]]) for i in ITERATIONS]
+    np.testing.assert_allclose(prior, want)
+    assert run.accuracy_change("gsm8k") == pytest.approx(-0.125)
+
+
+def test_accuracy_change_table_is_final_minus_initial(paper_runs):
+    runs = figures.load_runs([w for w, _ in paper_runs.values()])
+    md = figures.accuracy_change_table(runs).splitlines()
+    assert md[0] == (
+        "| Run | Target | Countdown | GSM8K | ProofWriter | HellaSwag | PIQA | ARC-C | MMLU-Pro "
+        "| Average |"
+    )
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in md[2:]}
+    # the two seeds are one row; the rest one row each
+    assert len(md) - 2 == len(PAPER_RUNS) - 1
+    cells = lambda key: [c.strip() for c in rows[key].strip("|").split("|")][2:]  # noqa: E731
+    assert cells(("Llama-3.2-3B ES N=30", "Countdown")) == [
+        "+20.0", "-12.5", "+5.0", "+0.0", "-5.0", "+2.0", "-4.0", "-2.4",
+    ]  # fmt: skip
+    # Two seeds: mean ± standard deviation (ddof 1) of each seed's change, by hand.
+    seeds = [paper_runs[f"qwen3b_cd_es_s{i}"][1] for i in (0, 1)]
+    for task, got in zip([*PAPER_TASKS, "average"], cells(("Qwen2.5-3B ES N=30", "Countdown")),
+                         strict=True):  # fmt: skip
+        if task == "average":
+            vals = [np.mean([change(a, t) for t in PAPER_TASKS if t != "countdown"]) for a in seeds]
+        else:
+            vals = [change(a, task) for a in seeds]
+        assert got == f"{np.mean(vals):+.1f} ± {np.std(vals, ddof=1):.1f}"
+    # The GRPO run on a hub id is the same model's row label; its average excludes its target.
+    _, acc = paper_runs["qwen7b_pw_grpo"]
+    want = np.mean([change(acc, t) for t in PAPER_TASKS if t != "proofwriter"])
+    assert cells(("Qwen2.5-7B GRPO", "ProofWriter"))[-1] == f"{want:+.1f}"
+    assert ("Qwen2.5-3B ES+AWD L2 lam=150 N=30", "GSM8K") in rows
+
+    tex = figures.accuracy_change_table(runs, fmt="latex").splitlines()
+    assert tex[2] == r"\begin{tabular}{ll" + "r" * 8 + "}"
+    assert tex[4] == (
+        r"Run & Target & Countdown & GSM8K & ProofWriter & HellaSwag & PIQA & ARC-C & MMLU-Pro "
+        r"& Average \\"
+    )
+    body = tex[tex.index(r"\midrule") + 1 : tex.index(r"\bottomrule")]
+    assert [line.split(" & ")[0] for line in body] == [
+        "Qwen2.5-3B ES N=30", "Qwen2.5-3B GRPO", "Llama-3.2-3B ES N=30", "Llama-3.2-3B GRPO",
+        "Qwen2.5-1.5B ES N=30", "Qwen2.5-7B GRPO", "Qwen2.5-3B ES+AWD L2 lam=150 N=30",
+        "Qwen2.5-3B GRPO",
+    ]  # fmt: skip
+    assert body[2] == (
+        r"Llama-3.2-3B ES N=30 & Countdown & $+20.0$ & $-12.5$ & $+5.0$ & $+0.0$ & $-5.0$ & "
+        r"$+2.0$ & $-4.0$ & $-2.4$ \\"
+    )
+    assert body[0].count("_{(") == 8  # two seeds: every cell has its standard deviation
+    with pytest.raises(ValueError, match="fmt"):
+        figures.accuracy_change_table(runs, fmt="html")
+
+
+def test_influence_boxes_are_prior_task_changes_by_group(paper_runs):
+    runs = figures.load_runs([w for w, _ in paper_runs.values()])
+    panels = figures.influence_panels(runs)
+    assert [p.title for p in panels] == [
+        "Overall", "Target task", "Model family (3B)", "Model size (Qwen2.5)",
+    ]  # fmt: skip
+    assert [p.groups for p in panels] == [
+        ["ES", "GRPO"], ["countdown", "gsm8k", "proofwriter"], ["Qwen2.5", "Llama-3.2"],
+        ["1.5B", "3B", "7B"],
+    ]  # fmt: skip
+
+    def deltas(names):
+        out = []
+        for n in names:
+            acc, target = paper_runs[n][1], PAPER_RUNS[n][1]
+            out += [change(acc, t) for t in PAPER_TASKS if t != target]
+        return sorted(out)
+
+    es = ["qwen3b_cd_es_s0", "qwen3b_cd_es_s1", "llama3b_cd_es", "qwen15b_pw_es"]  # no AWD
+    grpo = ["qwen3b_cd_grpo", "llama3b_cd_grpo", "qwen7b_pw_grpo", "qwen3b_gsm_grpo"]
+    overall, target, family, size = panels
+    np.testing.assert_allclose(sorted(overall.values["ES", "ES"]), deltas(es))
+    np.testing.assert_allclose(sorted(overall.values["GRPO", "GRPO"]), deltas(grpo))
+    assert ("gsm8k", "ES") not in target.values  # only ES + AWD trained on GSM8K
+    np.testing.assert_allclose(sorted(target.values["proofwriter", "GRPO"]),
+                               deltas(["qwen7b_pw_grpo"]))  # fmt: skip
+    np.testing.assert_allclose(sorted(family.values["Llama-3.2", "ES"]), deltas(["llama3b_cd_es"]))
+    np.testing.assert_allclose(
+        sorted(family.values["Qwen2.5", "GRPO"]), deltas(["qwen3b_cd_grpo", "qwen3b_gsm_grpo"])
+    )
+    np.testing.assert_allclose(sorted(size.values["1.5B", "ES"]), deltas(["qwen15b_pw_es"]))
+    assert ("7B", "ES") not in size.values
+
+    fig = figures.plot_influence(runs)
+    axes = fig.axes
+    assert [[t.get_text() for t in ax.get_xticklabels()] for ax in axes] == [
+        ["ES (N=30)", "GRPO"], ["Countdown", "GSM8K", "ProofWriter"], ["Qwen2.5", "Llama-3.2"],
+        ["1.5B", "3B", "7B"],
+    ]  # fmt: skip
+    for ax, p in zip(axes, panels, strict=True):
+        # one box per non-empty (group, method), ES left of GRPO in each group
+        boxes = [b.get_gid() for b in ax.patches if b.get_gid()]
+        want = [(g, m) for g in p.groups for m in ("ES", "GRPO") if (g, m) in p.values]
+        assert boxes == [f"{g}/{m}" for g, m in want]
+        medians = {line.get_gid(): line.get_ydata()[0] for line in ax.get_lines()
+                   if line.get_gid()}  # fmt: skip
+        for g, m in want:
+            assert medians[f"{g}/{m} median"] == pytest.approx(np.median(p.values[g, m]))
+
+
+def test_three_task_panels_show_target_vs_mean_prior(paper_runs):
+    runs = figures.load_runs([w for w, _ in paper_runs.values()])
+    fig = figures.plot_three_tasks(runs)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_ylabel() for ax in panels] == [
+        "Countdown accuracy", "GSM8K accuracy", "ProofWriter accuracy",
+    ]  # fmt: skip
+    assert [len(ax.collections) for ax in panels] == [5, 2, 2]  # a scatter per run
+    _, acc = paper_runs["llama3b_cd_es"]
+    want = [[np.mean([acc[t, i] for t in PAPER_TASKS[1:]]), acc["countdown", i]]
+            for i in ITERATIONS]  # fmt: skip
+    offsets = [np.asarray(c.get_offsets()) for c in panels[0].collections]
+    assert any(np.allclose(o, want) for o in offsets)
+    (legend,) = fig.legends
+    pairs = zip(legend.get_texts(), legend.legend_handles, strict=True)
+    markers = {t.get_text(): h.get_marker() for t, h in pairs}
+    assert len(markers) == 7 and len(set(markers.values())) == 7  # a marker per model and method
+    assert markers["Qwen2.5-3B ES N=30"] == "o" and markers["Qwen2.5-3B GRPO"] == "X"
+
+
+def test_write_figures_writes_the_new_figures_and_both_tables(paper_runs, tmp_path):
+    workdirs = [w for w, _ in paper_runs.values()]
+    names = ["influence", "three_tasks", "accuracy_change"]
+    written = figures.write_figures(workdirs, tmp_path, names=names, log=lambda _: None)
+    assert {p.name for p in written} == {"influence.png", "three_tasks.png"} | TABLE_FILES
+    runs = figures.load_runs(workdirs)
+    assert (tmp_path / "accuracy_change.tex").read_text() == figures.accuracy_change_table(
+        runs, fmt="latex"
+    )
+    assert (tmp_path / "accuracy_change.md").read_text() == figures.accuracy_change_table(runs)
+
+
 @pytest.mark.slow
 def test_figures_command_writes_every_figure(runs, tmp_path, capsys):
     figures_cli.main(["--workdirs", *runs, "--out", str(tmp_path), "--no_toy"])
     written = {p.name for p in tmp_path.iterdir()}
-    assert written == RUN_FIGURES
-    for name in written:
+    assert written == RUN_FIGURES | TABLE_FILES
+    for name in RUN_FIGURES:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "wrote" in capsys.readouterr().out
@@ -73,7 +300,9 @@ def test_figures_without_evaluation_are_skipped_with_the_reason(runs, tmp_path, 
     analysis.clear_analysis(bare)
     written = figures.write_figures([bare], tmp_path / "out", toy=False)
     assert [p.name for p in written] == ["training_reward.png", "learning_curves.png"]
-    assert "skipped target_vs_prior: no run has forgetting.jsonl" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped target_vs_prior: no run has forgetting.jsonl" in out
+    assert "skipped accuracy_change: no run has a task evaluated at two iterations" in out
     with pytest.raises(SystemExit, match="unknown figures"):
         figures_cli.main(["--workdirs", str(bare), "--out", str(tmp_path), "--only", "nope"])
 
@@ -120,16 +349,21 @@ def execute(notebook: Path, parameters: str, cwd: Path):
 
 
 @pytest.mark.slow
-def test_forgetting_notebook_executes(runs, tmp_path):
+def test_forgetting_notebook_executes(runs, paper_runs, tmp_path):
     out = tmp_path / "figs"
+    workdirs = [*runs, *[str(w) for w, _ in paper_runs.values()]]
     nb = execute(
         ROOT / "notebooks" / "forgetting_figures.ipynb",
-        f"WORKDIRS = {runs!r}\nOUT = {str(out)!r}\nEVALUATE = False",
+        f"WORKDIRS = {workdirs!r}\nOUT = {str(out)!r}\nEVALUATE = False",
         tmp_path,
     )
-    assert {p.name for p in out.iterdir()} == RUN_FIGURES
+    assert {p.name for p in out.iterdir()} == RUN_FIGURES | TABLE_FILES
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert sum("image/png" in o.get("data", {}) for o in shown) == len(RUN_FIGURES)
+    text = "".join(o.get("text", "") for o in shown)  # the LaTeX table is printed
+    assert (out / "accuracy_change.tex").read_text() in text
+    markdown = [o["data"]["text/markdown"] for o in shown if "text/markdown" in o.get("data", {})]
+    assert (out / "accuracy_change.md").read_text() in markdown
 
 
 @pytest.mark.slow

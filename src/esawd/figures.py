@@ -3,18 +3,24 @@
     from esawd import figures
     runs = figures.load_runs(["runs/es_n4", "runs/awd_n4"])
     figures.plot_target_vs_prior(runs).savefig("fig1a.png")
-    figures.write_figures(["runs/es_n4", "runs/awd_n4"], "figures/")   # every figure
+    figures.write_figures(["runs/es_n4", "runs/awd_n4"], "figures/")   # every figure + table
+    print(figures.accuracy_change_table(runs, fmt="latex"))
 
 Each plot reads what `python -m experiments.evaluate` wrote into the run directories
 (forgetting.jsonl, kl.jsonl, weight_drift.jsonl) and the run's config.json; a figure whose data
 no run has is skipped by `write_figures`, with the reason. `experiments/figures.py` is the
 command line, `notebooks/` the Colab versions.
+
+A run's prior tasks are all its evaluated tasks other than its target, as in the paper's
+protocol (`--protocol paper`: the two targets a run was not trained on count as prior tasks,
+so the prior mean is over six of the seven tasks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from esawd import analysis
+from esawd.analysis.forgetting import PAPER_TASKS
 from esawd.rundir import read_jsonl
 
 MARKERS = "osD^vP*Xh<>p"
@@ -66,13 +73,24 @@ class Run:
 
     @property
     def tasks(self) -> list[str]:
-        """Evaluated tasks, the target first."""
-        names = sorted({r["task"] for r in self.forgetting})
+        """Evaluated tasks: the target, then the others in the paper's order."""
+        names = _task_order(sorted({r["task"] for r in self.forgetting}))
         return sorted(names, key=lambda t: t != self.target)
 
     @property
     def prior_tasks(self) -> list[str]:
+        """Every evaluated task but the target (the other target tasks included)."""
         return [t for t in self.tasks if t != self.target]
+
+    @property
+    def model_name(self) -> str:
+        """config["model"]["name"]: a preset, a hub id or a path."""
+        return str(self.config.get("model", {}).get("name", ""))
+
+    @property
+    def model_label(self) -> str:
+        """'Qwen2.5-3B', 'Llama-3.2-3B', 'SmolLM2-135M'; the folder name for other models."""
+        return model_label(self.model_name)
 
     def accuracy(self, task: str) -> tuple[np.ndarray, np.ndarray]:
         """(iterations, accuracy) of one task, by iteration."""
@@ -92,6 +110,12 @@ class Run:
 
     def last_drift(self) -> dict[str, Any] | None:
         return max(self.drift, key=lambda r: r["iteration"]) if self.drift else None
+
+    def accuracy_change(self, task: str) -> float | None:
+        """Accuracy at the last evaluated iteration minus at the first (the base model at 0);
+        None with fewer than two evaluated iterations."""
+        its, acc = self.accuracy(task)
+        return float(acc[-1] - acc[0]) if len(its) > 1 else None
 
 
 def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
@@ -127,9 +151,57 @@ def _ordered_union(lists: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _nice(task: str) -> str:
-    return {"arc_challenge": "ARC-Challenge", "mmlu_pro": "MMLU-Pro", "gsm8k": "GSM8K"}.get(
-        task, task.capitalize().replace("Piqa", "PIQA").replace("Proofwriter", "ProofWriter")
-    )
+    return {
+        "arc_challenge": "ARC-Challenge",
+        "mmlu_pro": "MMLU-Pro",
+        "gsm8k": "GSM8K",
+        "hellaswag": "HellaSwag",
+    }.get(task, task.capitalize().replace("Piqa", "PIQA").replace("Proofwriter", "ProofWriter"))
+
+
+def _task_order(names: Sequence[str]) -> list[str]:
+    """The paper's seven tasks in its order, then any others as given."""
+    return [t for t in PAPER_TASKS if t in names] + [t for t in names if t not in PAPER_TASKS]
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    return (PAPER_TASKS.index(task) if task in PAPER_TASKS else len(PAPER_TASKS), task)
+
+
+# Model family and size from config["model"]["name"].
+_FAMILIES = {"qwen2.5": "Qwen2.5", "qwen2": "Qwen2", "smollm2": "SmolLM2"}
+_FAMILY_ORDER = ("Qwen2.5", "Llama-3.2", "SmolLM2")  # the paper's order first
+_SIZE = re.compile(r"[-_](\d+(?:\.\d+)?)([bBmM])(?=$|[-_.])")
+
+
+def model_family_size(name: str) -> tuple[str, str]:
+    """(family, size) of a model preset, hub id or path: 'qwen2.5-3b-instruct' and
+    'Qwen/Qwen2.5-3B-Instruct' -> ('Qwen2.5', '3B'), 'llama-3.2-3b-instruct' ->
+    ('Llama-3.2', '3B'); a name without a size token -> (its last path part, '')."""
+    base = Path(str(name).rstrip("/")).name or str(name)
+    m = _SIZE.search(base)
+    if m is None or m.start() == 0:
+        return base, ""
+    family = base[: m.start()]
+    low = family.lower()
+    family = _FAMILIES.get(low, "Llama" + family[5:] if low.startswith("llama") else family)
+    return family, m.group(1) + m.group(2).upper()
+
+
+def model_label(name: str) -> str:
+    """'Qwen2.5-3B' for 'qwen2.5-3b-instruct'; the last path part when there is no size."""
+    family, size = model_family_size(name)
+    return f"{family}-{size}" if size else family
+
+
+def _size_key(size: str) -> tuple[int, float]:
+    if not size:
+        return (1, 0.0)
+    return (0, float(size[:-1]) * (1e6 if size[-1] == "M" else 1e9))
+
+
+def _family_key(family: str) -> tuple[int, str]:
+    return (_FAMILY_ORDER.index(family), "") if family in _FAMILY_ORDER else (99, family)
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,6 +523,187 @@ def plot_toy_random_walk(
     return fig
 
 
+# The influence of model and target on forgetting (the paper's Figure 3).
+INFLUENCE_METHODS = ("ES", "GRPO")  # plain ES (no AWD) and the GRPO baseline, as the paper
+_BOX_COLORS = {"ES": "#000000", "GRPO": "#9e9e9e"}
+
+
+def _influence_method(run: Run) -> str | None:
+    if run.method == "grpo":
+        return "GRPO"
+    return "ES" if run.method == "es" and run.lam == 0 else None
+
+
+def influence_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per run and prior task: the change in its accuracy, final minus initial, in
+    percentage points, with the run's method ('ES': plain ES, 'GRPO'; ES + AWD runs are
+    left out), model family and size and target task."""
+    rows = []
+    for r in runs:
+        method = _influence_method(r)
+        if method is None:
+            continue
+        family, size = model_family_size(r.model_name)
+        for prior in r.prior_tasks:
+            delta = r.accuracy_change(prior)
+            if delta is not None:
+                rows.append({"run": r.label, "method": method, "family": family, "size": size,
+                             "target": r.target, "prior": prior, "delta": 100 * delta})  # fmt: skip
+    return rows
+
+
+@dataclasses.dataclass
+class BoxPanel:
+    """One panel of the influence figure: per group, the changes of each method."""
+
+    title: str
+    groups: list[str]
+    labels: list[str]  # the groups' tick labels
+    values: dict[tuple[str, str], list[float]]  # (group, method) -> changes in points
+    split: bool = True  # a box per method side by side in each group (Overall: False)
+
+
+def _most(spread: dict[str, set], rows: dict[str, int], order: Callable) -> str | None:
+    """The key with the most distinct values, then the most rows, then first in `order`."""
+    return min(spread, key=lambda k: (-len(spread[k]), -rows[k], order(k))) if spread else None
+
+
+def influence_panels(
+    runs: Sequence[Run], *, family_size: str | None = None, size_family: str | None = None
+) -> list[BoxPanel]:
+    """The four panels of Figure 3: overall, by target task, by model family at one size
+    (`family_size`; default the size most families share, the paper's 3B) and by model size
+    within one family (`size_family`; default the family with most sizes, the paper's Qwen2.5).
+    """
+    rows = influence_rows(runs)
+    methods = [m for m in INFLUENCE_METHODS if any(r["method"] == m for r in rows)]
+    families_at: dict[str, set] = {}  # size -> families
+    sizes_of: dict[str, set] = {}  # family -> sizes
+    for r in rows:
+        families_at.setdefault(r["size"], set()).add(r["family"])
+        sizes_of.setdefault(r["family"], set()).add(r["size"])
+    count = lambda k: {v: sum(r[k] == v for r in rows) for v in {r[k] for r in rows}}
+    if family_size is None:
+        family_size = _most(families_at, count("size"), _size_key)
+    if size_family is None:
+        size_family = _most(sizes_of, count("family"), _family_key)
+
+    def panel(title, key, keep, order, label):
+        picked = [r for r in rows if keep(r)]
+        groups = sorted({r[key] for r in picked}, key=order)
+        values: dict[tuple[str, str], list[float]] = {}
+        for r in picked:
+            values.setdefault((r[key], r["method"]), []).append(r["delta"])
+        return BoxPanel(title, groups, [label(g) for g in groups], values)
+
+    return [
+        BoxPanel(
+            "Overall",
+            methods,
+            methods,
+            {(m, m): [r["delta"] for r in rows if r["method"] == m] for m in methods},
+            split=False,
+        ),
+        panel("Target task", "target", lambda r: True, _task_key, _nice),
+        panel(
+            f"Model family ({family_size or 'no size'})",
+            "family",
+            lambda r: r["size"] == family_size,
+            _family_key,
+            str,
+        ),
+        panel(
+            f"Model size ({size_family})",
+            "size",
+            lambda r: r["family"] == size_family,
+            _size_key,
+            lambda s: s or "?",
+        ),
+    ]
+
+
+def plot_influence(
+    runs: Sequence[Run], *, family_size: str | None = None, size_family: str | None = None
+) -> plt.Figure:
+    """Figure 3: change in prior-task accuracy (final minus initial, one value per run and prior
+    task), ES vs GRPO, overall, by target task, by model family and by model size."""
+    panels = influence_panels(runs, family_size=family_size, size_family=size_family)
+    widths = [max(len(p.groups), 1) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 + 1.5 * sum(widths), 3.2), sharey=True,
+                             width_ratios=widths)  # fmt: skip
+    es_n = {r.population_size for r in runs if _influence_method(r) == "ES"}
+    names = {"ES": f"ES (N={es_n.pop()})" if len(es_n) == 1 else "ES", "GRPO": "GRPO"}
+    for ax, p in zip(axes, panels, strict=True):
+        for j, group in enumerate(p.groups):
+            for method, offset in (("ES", -0.18), ("GRPO", 0.18)):
+                vals = p.values.get((group, method), [])
+                if not vals:
+                    continue
+                pos = j + 1 + (offset if p.split else 0.0)
+                box = ax.boxplot([vals], positions=[pos], widths=0.3 if p.split else 0.6,
+                                 patch_artist=True, manage_ticks=False)  # fmt: skip
+                for b in box["boxes"]:  # gid: which box it is, for readers of the figure
+                    b.set(facecolor=_BOX_COLORS[method], edgecolor="black", alpha=0.95,
+                          gid=f"{group}/{method}")  # fmt: skip
+                for m in box["medians"]:
+                    m.set(color="white", linewidth=1.5, gid=f"{group}/{method} median")
+                for f in box["fliers"]:
+                    f.set(marker="o", markersize=3, markerfacecolor=_BOX_COLORS[method],
+                          markeredgecolor="black")  # fmt: skip
+        ax.axhline(0.0, color="0.4", ls="--", lw=1)
+        labels = p.labels if p.split else [names[g] for g in p.groups]
+        ax.set_xticks(range(1, len(p.groups) + 1), labels)
+        ax.set_xlim(0.4, len(p.groups) + 0.6)
+        ax.set_xlabel(p.title)
+        ax.grid(axis="y", color="0.88")
+    axes[0].set_ylabel(r"$\Delta$ prior-task accuracy (points)")
+    handles = [matplotlib.patches.Patch(facecolor=_BOX_COLORS[m], edgecolor="black", label=names[m])
+               for m in INFLUENCE_METHODS]  # fmt: skip
+    axes[-1].legend(handles=handles, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_three_tasks(runs: Sequence[Run]) -> plt.Figure:
+    """Target accuracy vs mean prior-task accuracy over training, one panel per target task
+    (the paper's Countdown, GSM8K and ProofWriter figure): a point per evaluated iteration,
+    coloured by iteration, one marker per model and method; the prior tasks are all the
+    others."""
+    data = [(r, *r.target_and_prior()) for r in runs if r.prior_tasks]
+    data = [d for d in data if len(d[1])]
+    targets = _task_order(list(dict.fromkeys(r.target for r, *_ in data)))
+    several_models = len({r.model_label for r, *_ in data}) > 1
+    names = [f"{r.model_label} {analysis.run_label(r.config)}" if several_models
+             else analysis.run_label(r.config) for r, *_ in data]  # fmt: skip
+    markers: dict[str, str] = {}  # the paper's: ES "o", GRPO "X"; more runs take the rest
+    others = iter("osD^vP*h<>pd8H" * 4)
+    for name, (r, *_) in zip(names, data, strict=True):
+        if name not in markers:
+            first_grpo = r.method == "grpo" and "X" not in markers.values()
+            markers[name] = "X" if first_grpo else next(others)
+    last = max((its.max() for _, its, _, _ in data), default=1)
+    norm = matplotlib.colors.Normalize(0, max(last, 1))
+    fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(3.6 * max(len(targets), 1) + 1, 3),
+                             squeeze=False, constrained_layout=True)  # fmt: skip
+    axes = list(axes.flat)
+    for ax, target in zip(axes, targets, strict=False):  # no data: one empty panel
+        for name, (run, its, acc, prior) in zip(names, data, strict=True):
+            if run.target != target:
+                continue
+            ax.plot(prior, acc, color="black", lw=1, alpha=0.3, zorder=1)
+            ax.scatter(prior, acc, c=its, cmap="viridis", norm=norm, s=60, marker=markers[name],
+                       edgecolors="black", alpha=0.9, zorder=2, label=name)  # fmt: skip
+        ax.set(xlabel="mean prior-task accuracy", ylabel=f"{_nice(target)} accuracy")
+        ax.grid(alpha=0.3)
+    handles = [matplotlib.lines.Line2D([0], [0], marker=m, ls="", markerfacecolor="0.45",
+                                       markeredgecolor="0.25", markersize=7, label=name)
+               for name, m in markers.items()]  # fmt: skip
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=min(len(handles), 4))
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes,
+                 label="iteration", fraction=0.035, pad=0.03)  # fmt: skip
+    return fig
+
+
 def results_table(runs: Sequence[Run]) -> str:
     """A Markdown table: per run, accuracy of each task and mean prior accuracy at the first
     and last evaluated iteration, the final KL per task and the final relative drift."""
@@ -482,6 +735,92 @@ def results_table(runs: Sequence[Run]) -> str:
         d = r.last_drift()
         cells.append(f"{d['relative']:.2e}" if d else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# The final-minus-initial accuracy table (the reference's create_latex_table.ipynb).
+_TABLE_NAMES = {"arc_challenge": "ARC-C"}
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
+    "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
+
+
+def _latex_text(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def accuracy_change_rows(runs: Sequence[Run], *, group_seeds: bool = True) -> list[dict]:
+    """The rows of `accuracy_change_table`: per row, its label, target, the runs it averages
+    and, per task and for 'average' (the mean over the prior tasks of each run), the changes
+    of its runs (final minus initial accuracy, in percentage points)."""
+    groups: dict[Any, list[Run]] = {}
+    for r in runs:
+        key = (r.target, r.model_label, analysis.run_label(r.config)) if group_seeds else r.workdir
+        groups.setdefault(key, []).append(r)
+    names = _task_order(_ordered_union([r.tasks for r in runs]))
+    rows = []
+    for members in groups.values():
+        first = members[0]
+        label = (
+            f"{first.model_label} {analysis.run_label(first.config)}"
+            if group_seeds
+            else first.label
+        )
+        changes: dict[str, list[float]] = {t: [] for t in [*names, "average"]}
+        for r in members:
+            for t in names:
+                d = r.accuracy_change(t)
+                if d is not None:
+                    changes[t].append(100 * d)
+            prior = [r.accuracy_change(t) for t in r.prior_tasks]
+            prior = [100 * d for d in prior if d is not None]
+            if prior:
+                changes["average"].append(float(np.mean(prior)))
+        rows.append({"label": label, "target": first.target, "runs": [r.workdir for r in members],
+                     "changes": changes})  # fmt: skip
+    return rows
+
+
+def accuracy_change_table(
+    runs: Sequence[Run], fmt: str = "markdown", *, digits: int = 1, group_seeds: bool = True
+) -> str:
+    """Final minus initial accuracy of every evaluated task, in percentage points, one row per
+    model and method (runs that differ only in their seed are one row: their mean, and their
+    standard deviation after ± or as a subscript), and Average: each run's mean over its prior
+    tasks (all but the target), averaged over the row's runs. fmt: 'markdown' or 'latex' (a
+    booktabs tabular, as the reference's create_latex_table.ipynb writes it)."""
+    if fmt not in ("markdown", "latex"):
+        raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
+    rows = accuracy_change_rows(runs, group_seeds=group_seeds)
+    names = _task_order(_ordered_union([r.tasks for r in runs]))
+    head = ["Run", "Target", *[_TABLE_NAMES.get(t, _nice(t)) for t in names], "Average"]
+
+    def cell(vals: list[float]) -> str:
+        if not vals:
+            return "--" if fmt == "latex" else "-"
+        mean = f"{np.mean(vals):+.{digits}f}"
+        std = f"{np.std(vals, ddof=1):.{digits}f}" if len(vals) > 1 else None
+        if fmt == "latex":
+            return f"${mean}_{{({std})}}$" if std else f"${mean}$"
+        return f"{mean} ± {std}" if std else mean
+
+    body = [[row["label"], _nice(row["target"]),
+             *[cell(row["changes"][t]) for t in [*names, "average"]]] for row in rows]  # fmt: skip
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + "\n"
+    lines = [
+        "% Final minus initial accuracy (percentage points); Average: over the prior tasks.",
+        "% Needs \\usepackage{booktabs}.",
+        "\\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
+        "\\toprule",
+        " & ".join(_latex_text(h) for h in head) + " \\\\",
+        "\\midrule",
+        *[" & ".join([_latex_text(c[0]), _latex_text(c[1]), *c[2:]]) + " \\\\" for c in body],
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -525,7 +864,49 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
         lambda rs: any("reward_mean" in m for r in rs for m in r.metrics),
         "no training metrics",
     ),
+    "influence": (
+        plot_influence,
+        lambda rs: bool(influence_rows(rs)),
+        "no plain-ES or GRPO run has a prior task evaluated at two iterations",
+    ),
+    "three_tasks": (
+        plot_three_tasks,
+        lambda rs: any(len(r.target_and_prior()[0]) and r.prior_tasks for r in rs),
+        "no run has forgetting.jsonl rows of its target and a prior task",
+    ),
 }
+
+# The tables: name -> (has_data(runs), reason); written as <name>.md and <name>.tex.
+TABLES: dict[str, tuple[Callable[[Sequence[Run]], bool], str]] = {
+    "accuracy_change": (
+        lambda rs: any(r.accuracy_change(t) is not None for r in rs for t in r.tasks),
+        "no run has a task evaluated at two iterations",
+    ),
+}
+
+
+def write_tables(
+    runs: Sequence[Run],
+    out: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Write every table (or `names`) the runs have data for as out/<name>.md and .tex."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLES if names is None else names:
+        has_data, reason = TABLES[name]
+        if not has_data(runs):
+            log(f"skipped {name}: {reason}")
+            continue
+        for fmt, ext in (("markdown", "md"), ("latex", "tex")):
+            path = out / f"{name}.{ext}"
+            path.write_text(accuracy_change_table(runs, fmt=fmt))
+            written.append(path)
+            log(f"wrote {path}")
+    return written
 
 
 def write_figures(
@@ -537,16 +918,24 @@ def write_figures(
     log: Callable[[str], None] = print,
     dpi: int = 120,
 ) -> list[Path]:
-    """Write every figure (or `names`) the runs have data for as out/<name>.png."""
+    """Write every figure (or `names`) the runs have data for as out/<name>.png, and every
+    table (or those in `names`) as out/<name>.md and out/<name>.tex."""
     runs = load_runs(workdirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = list(FIGURES) + (["toy_random_walk"] if toy else []) if names is None else names
-    unknown = [n for n in wanted if n not in FIGURES and n != "toy_random_walk"]
+    choices = [*FIGURES, "toy_random_walk", *TABLES]
+    if names is None:
+        wanted = list(FIGURES) + (["toy_random_walk"] if toy else []) + list(TABLES)
+    else:
+        wanted = list(names)
+    unknown = [n for n in wanted if n not in choices]
     if unknown:
-        raise ValueError(f"unknown figures {unknown}; choose from {[*FIGURES, 'toy_random_walk']}")
+        raise ValueError(f"unknown figures {unknown}; choose from {choices}")
     written = []
     for name in wanted:
+        if name in TABLES:
+            written += write_tables(runs, out, names=[name], log=log)
+            continue
         if name == "toy_random_walk":
             fig = plot_toy_random_walk()
         else:

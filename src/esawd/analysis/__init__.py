@@ -13,7 +13,7 @@ analysis calls per task) and from ES population fitness.
 """
 
 from esawd.analysis import stats
-from esawd.analysis.drift import MODULES, module_of, weight_drift
+from esawd.analysis.drift import MODULES, has_tied_head, module_of, weight_drift
 from esawd.analysis.errors import AnalysisError
 from esawd.analysis.forgetting import (
     DRIFT_FILE,
@@ -51,6 +51,7 @@ __all__ = [
     "clear_analysis",
     "eval_split",
     "format_ranges",
+    "has_tied_head",
     "kl_divergence",
     "log_probs",
     "mcnemar_p",
