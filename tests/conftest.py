@@ -58,3 +58,25 @@ def tiny_qwen2_dir(tmp_path_factory):
     from tiny_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("qwen2") / "model", arch="qwen2")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny Llama-shaped model directory (tests/tiny_model.py), written once per module."""
+    from tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def varied_reward():
+    """Countdown's reward replaced by one that varies with the text (tests/trainer_driver.py),
+    so a tiny model's members score differently; restored after the test."""
+    from trainer_driver import patch_reward
+
+    from esawd.tasks.countdown import Countdown
+
+    original = Countdown.reward
+    patch_reward()
+    yield
+    Countdown.reward = original

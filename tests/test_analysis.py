@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 from numerics import float_tol, logit_tol
-from tiny_model import assert_bitwise, tiny_config, tiny_train, write_tiny_model
+from tiny_model import assert_bitwise, tiny_config, tiny_train
 from trainer_driver import patch_reward
 
 from esawd import analysis, models, prompts, sampling, scoring, tasks
@@ -37,11 +37,6 @@ def parity_reward(self, completion, example):
 # Meant to keep the module on one pytest-xdist worker so its ES run and KL samples are
 # computed once (not yet effective, docs/testing.md).
 pytestmark = pytest.mark.xdist_group("analysis")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

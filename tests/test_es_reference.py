@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_model
-from tiny_model import assert_bitwise, leaves, write_tiny_model
-from trainer_driver import patch_reward
+from tiny_model import assert_bitwise, leaves
 
 from esawd import es, models, settings
 from esawd.es import method as es_method
@@ -246,19 +245,9 @@ def test_es_step_with_reference_noise_equals_its_dense_update():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture(autouse=True)
-def varied_reward():
-    from esawd.tasks.countdown import Countdown
-
-    original = Countdown.reward
-    patch_reward()
-    yield
-    Countdown.reward = original
+def _varied_reward(varied_reward):
+    """Every test here runs with Countdown's reward varying with the text (conftest)."""
 
 
 def reference_config(workdir, tiny_dir, **overrides):

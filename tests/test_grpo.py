@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tiny_model
 from numerics import assert_sum_close, chain_tol, float_tol, forward_terms, logit_tol
-from tiny_model import assert_bitwise, leaves, write_tiny_model
-from trainer_driver import patch_reward
+from tiny_model import assert_bitwise, leaves
 
 from configs import grpo_default, grpo_paper
 from esawd import grpo, models, sampling, scoring, settings, tasks
@@ -22,23 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_dir):
     return models.load(tiny_dir)
 
 
 @pytest.fixture(autouse=True)
-def varied_reward():
-    from esawd.tasks.countdown import Countdown
-
-    original = Countdown.reward
-    patch_reward()
-    yield
-    Countdown.reward = original
+def _varied_reward(varied_reward):
+    """Every test here runs with Countdown's reward varying with the text (conftest)."""
 
 
 # ---------------------------------------------------------------------------------------

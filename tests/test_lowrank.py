@@ -10,8 +10,7 @@ import pytest
 import tiny_model
 from numerics import assert_greedy_picks, assert_same_greedy, assert_sum_close, logit_tol
 from test_es import make_params, to_np
-from tiny_model import assert_bitwise, leaves, write_tiny_model
-from trainer_driver import patch_reward
+from tiny_model import assert_bitwise, leaves
 
 from esawd import es, models, sampling, settings, toy
 from esawd.es import method as es_method
@@ -270,19 +269,9 @@ def test_factored_population_evaluation_equals_dense(four_devices):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture(autouse=True)
-def varied_reward():
-    from esawd.tasks.countdown import Countdown
-
-    original = Countdown.reward
-    patch_reward()
-    yield
-    Countdown.reward = original
+def _varied_reward(varied_reward):
+    """Every test here runs with Countdown's reward varying with the text (conftest)."""
 
 
 def lowrank_config(workdir, tiny_dir, **overrides):

@@ -10,11 +10,6 @@ import trainer_driver
 from esawd import report
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_model.write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def write_run(root, rows, *, method="es"):
     root.mkdir(parents=True, exist_ok=True)
     config = {

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 import tiny_model
-from tiny_model import assert_bitwise, leaves, write_tiny_model
-from trainer_driver import patch_reward
+from tiny_model import assert_bitwise, leaves
 
 from configs import default, paper, small_repro
 from esawd import devices, models, scoring, settings
@@ -23,19 +22,9 @@ from esawd.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture(autouse=True)
-def varied_reward(monkeypatch):
-    from esawd.tasks.countdown import Countdown
-
-    original = Countdown.reward
-    patch_reward()
-    yield
-    Countdown.reward = original
+def _varied_reward(varied_reward):
+    """Every test here runs with Countdown's reward varying with the text (conftest)."""
 
 
 def tiny_config(workdir, tiny_dir, **overrides):
