@@ -9,8 +9,16 @@
 
 Writes forgetting.jsonl, kl.jsonl and weight_drift.jsonl into each run directory (see
 `esawd.analysis.analyze_run`); running it again skips what is already written. `target` stands
-for the run's own target task. ES runs can be evaluated at any iteration (replayed from the ES
-log between checkpoints); GRPO runs at their checkpoints.
+for the run's own target task (a user task too: its path, checker and prompts come from the
+run's config.json, and its rows are named by its task.name, e.g. `jsonl`). Your own tasks as
+prior tasks: `jsonl:PATH` (rows named so; checker and prompts from the --jsonl_* options, the
+same for every such task) or `package.module:factory` (docs/tasks.md, "Your own task"):
+
+    python -m experiments.evaluate --workdir runs/a --tasks target,piqa,jsonl:data/qa \\
+        --jsonl_checker numeric --jsonl_template 'Q: {question}'
+
+ES runs can be evaluated at any iteration (replayed from the ES log between checkpoints); GRPO
+runs at their checkpoints.
 
 `--protocol` picks the defaults of the options it covers (`PROTOCOLS`); an option given on
 the command line wins over it. `ours`: the run's target and the four prior tasks at every
@@ -25,7 +33,7 @@ import argparse
 import sys
 
 from esawd import analysis, tasks
-from esawd.analysis.forgetting import KL_SELECTIONS, PAPER_PROTOCOL
+from esawd.analysis.forgetting import JSONL_OPTIONS, KL_SELECTIONS, PAPER_PROTOCOL
 
 # The defaults of the options a protocol covers; each is overridden by its command-line flag.
 PROTOCOLS: dict[str, dict] = {
@@ -107,6 +115,7 @@ def settings_for(
         kl_selection=values["kl_selection"],
         drift=not args.no_drift,
         model_cache_dir=args.model_cache_dir,
+        jsonl_options={key: getattr(args, f"jsonl_{key}") for key in JSONL_OPTIONS},
     )
 
 
@@ -123,9 +132,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tasks",
-        help=f"comma-separated; 'target' = the run's task; any of {','.join(tasks.TASK_NAMES)} "
+        help=f"comma-separated; 'target' = the run's task; any of {','.join(tasks.TASK_NAMES)}, "
+        "jsonl:PATH (your data; see --jsonl_*) or package.module:factory (your task object) "
         "(default: target and the four prior tasks; paper: the seven paper tasks)",
     )
+    for key, what in (
+        ("checker", "exact (default), numeric[:tol], choice, regex:<pattern>, module:function"),
+        ("system_prompt", "a system message before each prompt"),
+        ("template", "str.format over a row's fields, for rows without prompt/messages"),
+        ("prefill", "the start of the assistant's reply"),
+    ):
+        p.add_argument(f"--jsonl_{key}", default="", help=f"jsonl:PATH tasks: {what}")
     p.add_argument("--data_dir", default="", help="folder with <task>/ (default: the run's)")
     p.add_argument("--num_examples", type=int, help="per task, at most (default 2048)")
     p.add_argument("--max_new_tokens", type=parse_tokens, help="default 1024")

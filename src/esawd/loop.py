@@ -21,9 +21,11 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from esawd import analysis, es, models, report, scoring, tasks
@@ -151,7 +153,7 @@ def prepare(s: RunSettings, *, data_seed: int) -> tuple[RunDir, list, list]:
     if stored is not None:
         check_resumable(stored, to_dict(s), workdir=s.workdir)
     train_examples, eval_examples = scoring.load_examples(
-        s.task.name, data_dir=s.task.data_dir, num_train=s.task.num_train,
+        s.task, data_dir=s.task.data_dir, num_train=s.task.num_train,
         train_split=s.task.train_split, eval_split=s.task.eval_split,
         eval_size=s.eval.num_examples, seed=data_seed,
     )  # fmt: skip
@@ -162,14 +164,19 @@ def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict
     """theta_0 written once into the run directory, then the state, from the latest checkpoint
     when there is one; returns (state, start iteration, theta_0 as host arrays)."""
     run = ctx.run
+    s = ctx.settings
+    source = s.awd.anchor if s.awd is not None else ""
+    cast = lambda p: jax.tree.map(lambda x: x.astype(method.masters_dtype), p)  # noqa: E731
     if method.masters_dtype != "float32":  # theta_0 itself is rounded, once, for the anchor
-        model = dataclasses.replace(
-            model, params=jax.tree.map(lambda x: x.astype(method.masters_dtype), model.params)
-        )
+        model = dataclasses.replace(model, params=cast(model.params))
     has_anchor = run.has_anchor()
     sync("anchor checked")  # every process decides before any starts writing
-    if not has_anchor:
-        run.save_anchor(model.params)  # every process takes part in an Orbax save
+    if not has_anchor:  # every process takes part in an Orbax save
+        if source:  # continual fine-tuning: start from model.name, anchored to another model
+            run.save_anchor(cast(anchor_params(source, model, s.model)))
+            run.save_start(model.params)
+        else:
+            run.save_anchor(model.params)
     sync("anchor written")
     theta0 = run.restore_anchor_numpy(model.params)
     state = method.init(ctx, model, theta0)
@@ -189,6 +196,27 @@ def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict
     return state, start, theta0
 
 
+def anchor_params(source: str, model: models.Model, m) -> Params:
+    """theta_0 named by `awd.anchor`: a run directory's theta_0, or any model source; it must
+    have the parameters of the model the run starts from (same tree, same shapes)."""
+    root = Path(source).expanduser()
+    if (root / "config.json").is_file() and RunDir(root).has_anchor():
+        params = RunDir(root).restore_anchor_numpy(model.params)
+        what = f"the run directory {root} (its theta_0)"
+    else:
+        params = models.load(source, dtype=m.compute_dtype, cache=m.cache_dir or None,
+                             tokenizer=False).params  # fmt: skip
+        what = f"the model {source!r}"
+    want = jax.tree.map(lambda x: tuple(x.shape), model.params)
+    got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+        raise ConfigError(
+            f"awd.anchor={source!r}: {what} does not have the parameters of model.name="
+            f"{m.name!r} (a different architecture or size); anchor to the same model family."
+        )
+    return jax.tree.map(lambda x, like: np.asarray(x, like.dtype), params, model.params)
+
+
 def kl_probe(ctx: Context, theta0: Params) -> Callable[[Params], float] | None:
     """KL(base || tuned) on `eval.kl_task` prompts (None when unset): the base model's samples
     are drawn at the first evaluation (seeded, so a resumed run draws the same) and scored at
@@ -204,7 +232,7 @@ def kl_probe(ctx: Context, theta0: Params) -> Callable[[Params], float] | None:
                 s.kl_task, {}, data_dir=ctx.settings.task.data_dir, num_examples=s.kl_prompts
             )
             cache.append(analysis.sample_base(
-                ctx.config, jax.device_put(theta0), ctx.tokenizer, tasks.get_task(s.kl_task),
+                ctx.config, jax.device_put(theta0), ctx.tokenizer, tasks.resolve_task(s.kl_task),
                 examples, max_new_tokens=s.kl_max_new_tokens, seed=0, batch_size=s.batch_size,
             ))  # fmt: skip
         samples = cache[0]
@@ -221,7 +249,7 @@ def train(s: RunSettings, method: Method) -> Params:
     if primary:
         run.write_config(to_dict(s))
     model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
-    task = tasks.get_task(s.task.name)
+    task = tasks.resolve_task(s.task)
     ctx = Context(
         s, run, primary, task, model.config, model.tokenizer, train_examples, eval_examples,
         scoring.encode(task, train_examples, model.tokenizer),

@@ -5,6 +5,8 @@
       metrics.jsonl         one JSON object per iteration (and per evaluation), `iteration` field
       es_log.jsonl          per iteration: the member seeds and their coefficients (for replay)
       anchor/               theta_0, written once with Orbax, restored into pinned host memory
+      start/                the parameters the run starts from, only when awd.anchor names
+                            another model than the one the run starts from
       checkpoints/<t>/      Orbax checkpoints: parameters + {iteration, es_seed}
       tensorboard/          TensorBoard event files
       final/                the tuned model as a Hugging Face directory (safetensors)
@@ -146,30 +148,59 @@ class RunDir:
         """Store the run's config (atomically)."""
         replace_file(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    # ----- anchor --------------------------------------------------------------------------
+    # ----- anchor and start ----------------------------------------------------------------
+    # anchor/ is theta_0 of the AWD step, the drift and the KL: the model the run starts from,
+    # or another one (`awd.anchor`, continual fine-tuning); then start/ holds the parameters
+    # the run starts from, which replay needs. Both are written once.
 
     @property
     def anchor_path(self) -> Path:
         return self.root / "anchor"
 
+    @property
+    def start_path(self) -> Path:
+        return self.root / "start"
+
     def has_anchor(self) -> bool:
-        return (self.anchor_path / "_CHECKPOINT_METADATA").exists() or (
-            self.anchor_path.exists() and any(self.anchor_path.iterdir())
-        )
+        return self._has(self.anchor_path)
+
+    def has_start(self) -> bool:
+        """Whether the run starts from other parameters than its anchor (`awd.anchor`)."""
+        return self._has(self.start_path)
+
+    @staticmethod
+    def _has(path: Path) -> bool:
+        return (path / "_CHECKPOINT_METADATA").exists() or (path.exists() and any(path.iterdir()))
 
     def save_anchor(self, params: Params) -> None:
         """Write theta_0 once (Orbax; an existing anchor is never overwritten)."""
-        if self.anchor_path.exists():
-            raise FileExistsError(f"{self.anchor_path} exists; the anchor is written only once.")
+        self._save_once(self.anchor_path, params)
+
+    def save_start(self, params: Params) -> None:
+        """Write the parameters the run starts from, when they differ from its anchor."""
+        self._save_once(self.start_path, params)
+
+    @staticmethod
+    def _save_once(path: Path, params: Params) -> None:
+        if path.exists():
+            raise FileExistsError(f"{path} exists; it is written only once.")
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(self.anchor_path, params)
+            ckptr.save(path, params)
 
     def restore_anchor_numpy(self, like: Params) -> Params:
         """theta_0 from disk as host numpy arrays shaped like `like`."""
+        return self._restore_numpy(self.anchor_path, like)
+
+    def restore_start_numpy(self, like: Params) -> Params:
+        """The parameters the run started from: start/ when written, else the anchor."""
+        return self._restore_numpy(self.start_path if self.has_start() else self.anchor_path, like)
+
+    @staticmethod
+    def _restore_numpy(path: Path, like: Params) -> Params:
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), like)
         with ocp.PyTreeCheckpointer() as ckptr:
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like)
-            return ckptr.restore(self.anchor_path, item=abstract, restore_args=restore_args)
+            return ckptr.restore(path, item=abstract, restore_args=restore_args)
 
     # ----- checkpoints ---------------------------------------------------------------------
 

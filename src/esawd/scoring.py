@@ -21,7 +21,7 @@ from esawd.types import Params
 
 
 def load_examples(
-    task_name: str,
+    task: Any,
     *,
     data_dir: str,
     num_train: int,
@@ -30,8 +30,23 @@ def load_examples(
     train_split: str = "train",
     eval_split: str = "test",
 ) -> tuple[list, list]:
-    """Training prompts and held-out evaluation examples of the target task."""
-    task = tasks.get_task(task_name)
+    """Training prompts and held-out evaluation examples of the target task, which `task`
+    names as `tasks.resolve_task` reads it (a name, a TaskSpec, the `task` settings).
+
+    A task setting that cannot be resolved or a bad row of a user task's data is a
+    ConfigError (raised before any model is loaded)."""
+    try:
+        return _load_examples(
+            tasks.resolve_task(task), data_dir=data_dir, num_train=num_train,
+            eval_size=eval_size, seed=seed, train_split=train_split, eval_split=eval_split,
+        )  # fmt: skip
+    except (tasks.TaskSpecError, tasks.TaskDataError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _load_examples(
+    task: tasks.Task, *, data_dir, num_train, eval_size, seed, train_split, eval_split
+) -> tuple[list, list]:
     if task.generated(data_dir):
         # Generated: the held-out split never shares a problem with the training split.
         train = task.generate(num_train, seed=seed, split="train")
@@ -40,7 +55,8 @@ def load_examples(
     held_out = task.load(eval_split, data_dir or None)
     if len(train) < num_train:
         raise ConfigError(
-            f"task.num_train={num_train} but {task_name}/{train_split} has {len(train)} rows."
+            f"task.num_train={num_train} but {getattr(task, 'path', task.name)} has "
+            f"{len(train)} rows in its {train_split!r} split."
         )
     held_out = tasks.eval_subset(held_out, size=eval_size) if eval_size else []
     return train[:num_train], held_out

@@ -51,6 +51,15 @@ class TaskSettings:
     max_new_tokens: int = 1024
     train_split: str = "train"
     eval_split: str = "test"
+    # Your own task (docs/tasks.md, "Your own task"), name="jsonl": a .jsonl/.parquet file (a
+    # quarter of its rows held out by hash) or a folder of <split>.jsonl/.parquet files
+    path: str = _field("", resumable=True)
+    # how a completion is scored: exact, numeric[:tol], choice, regex:<pattern> or an import
+    # path module:function returning a reward in [0, 1] ("" = exact)
+    checker: str = ""
+    system_prompt: str = ""  # a system message before each row's prompt ("" = none)
+    template: str = ""  # str.format over a row's fields: the user message of rows without one
+    prefill: str = ""  # the assistant's reply starts with this ("" = a fresh assistant turn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +92,10 @@ class ESSettings:
 class AWDSettings:
     kind: str = "l2"  # "none", "l1" or "l2"
     lam: float = 10.0  # paper: l2 10, l1 0.01
+    # theta_0, the model AWD pulls towards and drift and KL are measured against: "" = the
+    # model the run starts from; else a model source (model.name syntax) or a run directory
+    # (its theta_0), e.g. the deployed model while a later stage starts from an earlier export
+    anchor: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,25 +335,17 @@ def check(s: RunSettings, *, device_count: int | None = None) -> None:
 
 
 def _check_common(s: RunSettings) -> None:
-    from esawd import models, tasks  # here, not at the top: the schema itself imports no JAX
+    from esawd import tasks  # here, not at the top: the schema itself imports no JAX
 
-    if s.task.name not in tasks.TASK_NAMES:
-        raise _bad("task.name", s.task.name, f"valid tasks are {', '.join(tasks.TASK_NAMES)}")
-    if not tasks.get_task(s.task.name).is_target:
-        raise _bad("task.name", s.task.name, f"train on a target task {tasks.TARGET_TASKS}")
-    name = s.model.name
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if (
-        name not in models.PRESETS
-        and not Path(name).expanduser().exists()
-        and not looks_like_hub_id
-    ):
+    target = _resolve_task("task", s.task)
+    if not target.is_target:
         raise _bad(
-            "model.name",
-            name,
-            f"use a preset ({', '.join(sorted(models.PRESETS))}), an existing Hugging Face "
-            "directory or .gguf file, or a hub id 'org/name'",
+            "task.name",
+            s.task.name,
+            f"train on a target task {tasks.TARGET_TASKS}, 'jsonl' or an import path whose "
+            "task has is_target = True",
         )
+    _check_model_source("model.name", s.model.name)
     if s.model.compute_dtype not in ("float32", "bfloat16", "float16"):
         raise _bad("model.compute_dtype", s.model.compute_dtype, "float32, bfloat16 or float16")
     if s.task.data_dir and not Path(s.task.data_dir).expanduser().is_dir():
@@ -350,9 +355,7 @@ def _check_common(s: RunSettings) -> None:
         raise _bad(
             "eval", dataclasses.asdict(s.eval), "interval >= 0, num_examples >= -1, batch >= 1"
         )
-    if s.eval.num_examples == tasks.ALL_EXAMPLES and tasks.get_task(s.task.name).generated(
-        s.task.data_dir
-    ):
+    if s.eval.num_examples == tasks.ALL_EXAMPLES and target.generated(s.task.data_dir):
         raise _bad(
             "eval.num_examples",
             s.eval.num_examples,
@@ -360,10 +363,7 @@ def _check_common(s: RunSettings) -> None:
             "generated problems have no fixed test set, give a number",
         )
     if s.eval.kl_task:
-        if s.eval.kl_task not in tasks.TASK_NAMES:
-            raise _bad(
-                "eval.kl_task", s.eval.kl_task, f"'' or one of {', '.join(tasks.TASK_NAMES)}"
-            )
+        _resolve_task("eval.kl_task", s.eval.kl_task)
         if s.eval.kl_task == s.task.name:
             raise _bad("eval.kl_task", s.eval.kl_task, "use a task the run is not trained on")
         _at_least_one(
@@ -371,6 +371,35 @@ def _check_common(s: RunSettings) -> None:
         )
     if s.checkpoint.interval < 1:
         raise _bad("checkpoint.interval", s.checkpoint.interval, "must be >= 1")
+
+
+def _resolve_task(key: str, spec: Any):
+    """The task `spec` names (tasks.resolve_task), or a ConfigError naming the setting."""
+    from esawd import tasks
+
+    try:
+        return tasks.resolve_task(spec)
+    except tasks.TaskSpecError as err:
+        if isinstance(spec, str):
+            raise _bad(key, spec, f"'' (none) or a task: {str(err).rstrip('.')}") from None
+        name = f"{key}.{err.key}"
+        raise _bad(name, getattr(spec, err.key, spec), str(err).rstrip(".")) from None
+
+
+def _check_model_source(key: str, name: str, *, run_dir_ok: bool = False) -> None:
+    """A preset, an existing HF directory or .gguf file, a hub id (or a run directory)."""
+    from esawd import models
+
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if name in models.PRESETS or Path(name).expanduser().exists() or looks_like_hub_id:
+        return
+    raise _bad(
+        key,
+        name,
+        f"use a preset ({', '.join(sorted(models.PRESETS))}), an existing Hugging Face "
+        "directory or .gguf file, a hub id 'org/name'"
+        + (", or a run directory (its theta_0)" if run_dir_ok else ""),
+    )
 
 
 def _check_es(s: RunSettings, *, device_count: int | None) -> None:
@@ -414,6 +443,8 @@ def _check_es(s: RunSettings, *, device_count: int | None) -> None:
         es.check_awd(alpha=e.alpha, lam=s.awd.lam, kind=s.awd.kind)
     except ValueError as err:
         raise ConfigError(f"awd.kind={s.awd.kind!r}, awd.lam={s.awd.lam!r}: {err}") from None
+    if s.awd.anchor:
+        _check_model_source("awd.anchor", s.awd.anchor, run_dir_ok=True)
     if s.distributed is not None and s.distributed.cpu_devices < 0:
         raise _bad("distributed.cpu_devices", s.distributed.cpu_devices, "0 (default) or more")
 

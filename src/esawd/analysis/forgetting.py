@@ -35,7 +35,9 @@ protocol. This module holds the settings and the job that runs them over one run
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,12 +52,16 @@ from esawd.analysis.errors import AnalysisError
 from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
 from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
 from esawd.rundir import JsonlLog, RunDir
+from esawd.settings import ConfigError
 
 FORGETTING_FILE = "forgetting.jsonl"
 KL_FILE = "kl.jsonl"
 DRIFT_FILE = "weight_drift.jsonl"
 SETTINGS_FILE = "evaluate.json"
 SAMPLES_DIR = "kl_samples"
+# Your own tasks in `tasks`: "jsonl:PATH" takes these options (AnalysisSettings.jsonl_options).
+JSONL_PREFIX = "jsonl:"
+JSONL_OPTIONS = ("checker", "system_prompt", "template", "prefill")
 
 # Which prompts KL is measured on: "reference" draws random.Random(2357).sample(range(n), k)
 # from the task's whole evaluation split of n examples (all of them when n <= k), as the
@@ -114,6 +120,8 @@ class AnalysisSettings:
     kl_selection: str = "reference"  # KL_SELECTIONS
     drift: bool = True
     model_cache_dir: str = ""  # "" = the run's model.cache_dir
+    # checker, system_prompt, template, prefill of every "jsonl:PATH" task ("" keys: defaults)
+    jsonl_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def tokens_for(self, task: str) -> int:
         if isinstance(self.max_new_tokens, int):
@@ -127,7 +135,7 @@ class AnalysisSettings:
 
     def row_settings(self) -> dict[str, Any]:
         """The settings that change what a row means (checked when an evaluation resumes)."""
-        return {
+        out = {
             "num_examples": self.num_examples,
             "max_new_tokens": {t: self.tokens_for(t) for t in self.tasks},
             "kl_prompts": self.kl_prompts,
@@ -135,16 +143,23 @@ class AnalysisSettings:
             "kl_seed": self.kl_seed,
             "kl_selection": self.kl_selection,
         }
+        if any(t.startswith(JSONL_PREFIX) for t in self.tasks):
+            out["jsonl_options"] = {k: v for k, v in sorted(self.jsonl_options.items()) if v}
+        return out
 
 
 def check_analysis_settings(s: AnalysisSettings) -> None:
     """Refuse bad settings with the key, the value and what is valid."""
-    unknown = [t for t in s.tasks if t not in tasks.TASK_NAMES]
+    unknown = [t for t in s.tasks if tasks.spec_kind(t) is None]
     if unknown or not s.tasks:
         raise AnalysisError(
             f"tasks={','.join(s.tasks)!r} is invalid: use a comma-separated subset of "
-            f"{','.join(tasks.TASK_NAMES)}."
+            f"{','.join(tasks.TASK_NAMES)}, your own tasks as jsonl:PATH or "
+            "package.module:factory, and the run's target."
         )
+    bad = sorted(set(s.jsonl_options) - set(JSONL_OPTIONS))
+    if bad:
+        raise AnalysisError(f"jsonl_options has {bad}; valid keys: {', '.join(JSONL_OPTIONS)}.")
     for key in ("num_examples", "batch_size", "kl_prompts", "kl_max_new_tokens"):
         if getattr(s, key) < 1:
             raise AnalysisError(f"{key}={getattr(s, key)} is invalid: it must be >= 1.")
@@ -193,6 +208,25 @@ def read_run_config(workdir: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
+def analysis_task(
+    name: str, run_config: Mapping[str, Any], *, jsonl_options: Mapping[str, str] | None = None
+) -> tasks.Task:
+    """The task `name` stands for in this analysis: the run's target (its `task` section, so
+    a user task keeps its path, checker and prompts) when `name` is the target's name; else
+    a built-in, "jsonl:PATH" (with `jsonl_options`) or "package.module:factory"."""
+    run_task = run_config.get("task", {})
+    if name == run_task.get("name"):
+        spec = tasks.TaskSpec.of(run_task)
+    else:
+        spec = tasks.TaskSpec.of(name)
+        if spec.name == tasks.JSONL and jsonl_options:
+            spec = dataclasses.replace(spec, **{k: v for k, v in jsonl_options.items() if v})
+    try:
+        return tasks.resolve_task(spec)
+    except tasks.TaskSpecError as err:
+        raise AnalysisError(f"task {name!r}: {err}") from None
+
+
 def eval_split(task) -> str:
     """The split a task is evaluated on: test where it has public labels, else validation."""
     return "test" if "test" in task.splits else "validation"
@@ -209,24 +243,32 @@ def _task_data_dir(name: str, run_config: Mapping[str, Any], data_dir: str) -> s
 
 
 def task_examples(
-    name: str, run_config: Mapping[str, Any], *, data_dir: str, num_examples: int
+    name: str,
+    run_config: Mapping[str, Any],
+    *,
+    data_dir: str,
+    num_examples: int,
+    jsonl_options: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """The evaluation examples of task `name` for this run (the same for every iteration);
     num_examples=tasks.ALL_EXAMPLES: the whole split (not for generated tasks)."""
-    task = tasks.get_task(name)
+    task = analysis_task(name, run_config, jsonl_options=jsonl_options)
     run_task = run_config.get("task", {})
     source = _task_data_dir(name, run_config, data_dir)
-    if name == run_task.get("name"):
-        # The run's target task: its own held-out split and subset, as the trainer draws it.
-        seed = run_config.get("es", run_config.get("grpo", {})).get("seed", 0)
-        splits = {k: run_task[k] for k in ("train_split", "eval_split") if k in run_task}
-        return scoring.load_examples(
-            name, data_dir=source, num_train=run_task.get("num_train", 200),
-            eval_size=num_examples, seed=seed, **splits,
-        )[1]  # fmt: skip
-    if task.generated(source):
-        return task.generate(num_examples, seed=tasks.EVAL_SUBSET_SEED, split="test")
-    examples = task.load(eval_split(task), source or None)
+    try:
+        if name == run_task.get("name"):
+            # The run's target task: its own held-out split and subset, as the trainer draws it.
+            seed = run_config.get("es", run_config.get("grpo", {})).get("seed", 0)
+            splits = {k: run_task[k] for k in ("train_split", "eval_split") if k in run_task}
+            return scoring.load_examples(
+                task, data_dir=source, num_train=run_task.get("num_train", 200),
+                eval_size=num_examples, seed=seed, **splits,
+            )[1]  # fmt: skip
+        if task.generated(source):
+            return task.generate(num_examples, seed=tasks.EVAL_SUBSET_SEED, split="test")
+        examples = task.load(eval_split(task), source or None)
+    except (ConfigError, tasks.TaskDataError) as err:
+        raise AnalysisError(f"task {name!r}: {err}") from None
     return tasks.eval_subset(examples, size=num_examples)
 
 
@@ -238,15 +280,18 @@ def kl_examples(
     data_dir: str,
     num_prompts: int,
     selection: str,
+    jsonl_options: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """The prompts KL(base || tuned) is measured on (`KL_SELECTIONS`); `examples` are the
     task's accuracy examples. Generated tasks (the reference has none) have no whole split to
     draw from: their first `num_prompts` examples, already a random draw, serve both ways."""
-    if selection == "first" or tasks.get_task(name).generated(
-        _task_data_dir(name, run_config, data_dir)
-    ):
+    task = analysis_task(name, run_config, jsonl_options=jsonl_options)
+    if selection == "first" or task.generated(_task_data_dir(name, run_config, data_dir)):
         return examples[:num_prompts]
-    whole = task_examples(name, run_config, data_dir=data_dir, num_examples=tasks.ALL_EXAMPLES)
+    whole = task_examples(
+        name, run_config, data_dir=data_dir, num_examples=tasks.ALL_EXAMPLES,
+        jsonl_options=jsonl_options,
+    )  # fmt: skip
     return tasks.eval_subset(whole, size=num_prompts)
 
 
@@ -304,11 +349,19 @@ def analyze_run(
     run = RunDir(root, max_to_keep=None)
     if not run.has_anchor():
         raise AnalysisError(f"{root} has no anchor/ (theta_0); was the run started?")
+    # One task object per name (a user task's guard reports a failing checker once).
+    task_of = {t: analysis_task(t, run_config, jsonl_options=s.jsonl_options) for t in s.tasks}
     _check_resumed_settings(root / SETTINGS_FILE, s.row_settings())
 
-    # Examples first: a missing data file fails before the model is loaded.
+    # Examples first: a missing data file or a bad row fails before the model is loaded.
     examples = {
-        t: task_examples(t, run_config, data_dir=s.data_dir, num_examples=s.num_examples)
+        t: task_examples(
+            t,
+            run_config,
+            data_dir=s.data_dir,
+            num_examples=s.num_examples,
+            jsonl_options=s.jsonl_options,
+        )
         for t in s.tasks
     }
     kl_prompts = {
@@ -319,6 +372,7 @@ def analyze_run(
             data_dir=s.data_dir,
             num_prompts=s.kl_prompts,
             selection=s.kl_selection,
+            jsonl_options=s.jsonl_options,
         )
         for t in (s.tasks if s.kl else ())
     }
@@ -330,8 +384,10 @@ def analyze_run(
     )
     config, tokenizer = model.config, model.tokenizer
     theta0 = jax.device_put(run.restore_anchor_numpy(model.params))
+    # a run anchored to another model (awd.anchor) starts from its start/ parameters
+    start = jax.device_put(run.restore_start_numpy(model.params)) if run.has_start() else None
     del model
-    thetas = Thetas(run, theta0, method=method)
+    thetas = Thetas(run, theta0, method=method, start=start)
     iterations = select_iterations(
         thetas.available(), thetas.steps, stride=s.stride, explicit=s.iterations
     )
@@ -367,16 +423,15 @@ def analyze_run(
                 row = weight_drift(params, theta0)
                 logs[DRIFT_FILE].append({"iteration": t, **row})
             elif kind == "task":
-                task = tasks.get_task(name)
                 row = scoring.heldout_accuracy(
-                    config, params, tokenizer, task, examples[name],
+                    config, params, tokenizer, task_of[name], examples[name],
                     max_new_tokens=s.tokens_for(name), batch_size=s.batch_size,
                 )  # fmt: skip
                 logs[FORGETTING_FILE].append({"iteration": t, "task": name, **row})
             else:
                 if name not in samples:
                     samples[name] = _kl_samples(
-                        root, s, config, theta0, tokenizer, name, kl_prompts[name]
+                        root, s, config, theta0, tokenizer, name, task_of[name], kl_prompts[name]
                     )
                 smp = samples[name]
                 logp = [log_probs(config, params, smp, b) for b in range(len(smp.tokens))]
@@ -387,9 +442,19 @@ def analyze_run(
     return {name: log_.rows() for name, log_ in logs.items()}
 
 
-def _kl_samples(root, s, config, theta0, tokenizer, name, prompts) -> KLSamples:
+def samples_file(name: str) -> str:
+    """The file name of a task's cached KL samples: `<name>.npz`, or for a name that is not
+    a plain file name (jsonl:PATH, module:factory) its safe characters and a hash."""
+    if re.fullmatch(r"[\w.-]+", name):
+        return f"{name}.npz"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("_")[-60:]
+    return f"{safe}-{digest}.npz"
+
+
+def _kl_samples(root, s, config, theta0, tokenizer, name, task, prompts) -> KLSamples:
     """The task's cached base samples on `prompts`, sampled (and cached) on first use."""
-    path = root / SAMPLES_DIR / f"{name}.npz"
+    path = root / SAMPLES_DIR / samples_file(name)
     meta = {
         "task": name,
         "num_prompts": len(prompts),
@@ -403,7 +468,7 @@ def _kl_samples(root, s, config, theta0, tokenizer, name, prompts) -> KLSamples:
         if {k: stored.get(k) for k in meta} == meta:
             return smp
     smp = sample_base(
-        config, theta0, tokenizer, tasks.get_task(name), prompts,
+        config, theta0, tokenizer, task, prompts,
         max_new_tokens=s.kl_max_new_tokens, seed=s.kl_seed, batch_size=s.batch_size,
     )  # fmt: skip
     smp.save(path, {**meta, "num_batches": len(smp.tokens)})

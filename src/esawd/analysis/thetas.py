@@ -19,18 +19,20 @@ from esawd.types import Params
 class Thetas:
     """theta_t of one run, for increasing t: checkpoints where saved, ES replay in between.
 
-    `theta0` is the run's anchor as device arrays; `get(t)` returns device arrays. Asking for
-    increasing iterations replays each ES step once.
+    `theta0` is the run's anchor as device arrays; `start` the parameters at iteration 0 when
+    they differ from it (`awd.anchor`; default: theta0). `get(t)` returns device arrays.
+    Asking for increasing iterations replays each ES step once.
     """
 
-    def __init__(self, run: RunDir, theta0: Params, *, method: str):
+    def __init__(self, run: RunDir, theta0: Params, *, method: str, start: Params | None = None):
         self.run = run
         self.theta0 = theta0
+        self.start = theta0 if start is None else start
         self.method = method
         self.steps = sorted(run.all_steps())
         self.es_rows = run.es_log.rows() if method == "es" else []
         self._anchor: es.HostAnchor | None = None
-        self._current: tuple[int, Params] = (0, theta0)
+        self._current: tuple[int, Params] = (0, self.start)
 
     def available(self) -> list[int]:
         """Every iteration whose parameters can be had: 0, checkpoints, logged ES steps."""
@@ -45,7 +47,7 @@ class Thetas:
 
     def get(self, t: int) -> Params:
         if t == 0:
-            return self.theta0
+            return self.start
         if t in self.steps:
             params, _ = self.run.restore(t, self.theta0)
             self._current = (t, params)
@@ -55,7 +57,7 @@ class Thetas:
                 f"{self.run.root} has no checkpoint at iteration {t} ({self.method} runs are "
                 f"evaluated at checkpoints only: {self.steps})."
             )
-        start = self._current if self._current[0] <= t else (0, self.theta0)
+        start = self._current if self._current[0] <= t else (0, self.start)
         earlier = [c for c in self.steps if start[0] < c < t]
         if earlier:
             start = (earlier[-1], self.run.restore(earlier[-1], self.theta0)[0])

@@ -11,6 +11,14 @@ split that never overlaps its training split (`esawd.tasks.procedural`).
     generated = get_task("rules").generate(64, seed=0, split="test")   # procedural: no files
     task.reward(completion, examples[0])  # {"reward", "format_reward", "answer_reward"}
 
+Your own task (`esawd.tasks.user`): `resolve_task` turns what the settings name into a task,
+a built-in name, `jsonl` with a path and a checker (`TaskSpec`), or an import path:
+
+    resolve_task("gsm8k")                                      # get_task("gsm8k")
+    resolve_task(TaskSpec("jsonl", path="data/qa", checker="numeric"))
+    resolve_task("jsonl:data/qa.jsonl")                         # checker exact
+    resolve_task("my_tasks:make_task")                          # any object with the protocol
+
 Nothing here imports JAX or Flax; tokenizing prompts into batches for the sampler is
 `esawd.prompts.encode_prompts`.
 
@@ -20,9 +28,10 @@ reference.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from esawd.tasks.arc_challenge import ARCChallenge
 from esawd.tasks.arithmetic import Arithmetic
@@ -34,6 +43,13 @@ from esawd.tasks.mmlu_pro import MMLUPro
 from esawd.tasks.piqa import PIQA
 from esawd.tasks.proofwriter import ProofWriter
 from esawd.tasks.rules import Rules
+from esawd.tasks.user import (
+    IMPORT_PATH,
+    ImportedTask,
+    JsonlTask,
+    TaskDataError,
+    TaskSpecError,
+)
 
 __all__ = [
     "ALL_EXAMPLES",
@@ -43,12 +59,20 @@ __all__ = [
     "PROCEDURAL_TASKS",
     "TARGET_TASKS",
     "TASK_NAMES",
+    "USER_KEYS",
     "Example",
+    "ImportedTask",
+    "JsonlTask",
     "Message",
     "Reward",
     "Task",
+    "TaskDataError",
+    "TaskSpec",
+    "TaskSpecError",
     "eval_subset",
     "get_task",
+    "resolve_task",
+    "spec_kind",
 ]
 
 _TASKS: dict[str, Task] = {
@@ -87,6 +111,79 @@ def get_task(name: str) -> Task:
         return _TASKS[name]
     except KeyError:
         raise ValueError(f"Unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}.") from None
+
+
+# The task settings only a `jsonl` task uses.
+USER_KEYS = ("path", "checker", "system_prompt", "template", "prefill")
+JSONL = "jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What names a task in the settings (`task.*` keys): a built-in name, "jsonl" with a
+    path (a file or a folder of split files), a checker and prompt options, or an import
+    path "package.module:factory"."""
+
+    name: str
+    path: str = ""
+    checker: str = ""  # "" = exact
+    system_prompt: str = ""
+    template: str = ""
+    prefill: str = ""
+
+    @classmethod
+    def of(cls, value: Any) -> TaskSpec:
+        """A spec from a TaskSpec, a string (a name, "jsonl:PATH" or an import path), a
+        mapping (config.json's task section) or an object with the keys (TaskSettings)."""
+        if isinstance(value, TaskSpec):
+            return value
+        if isinstance(value, str):
+            if value.startswith(JSONL + ":"):
+                return cls(JSONL, path=value[len(JSONL) + 1 :])
+            return cls(value)
+        get = value.get if isinstance(value, Mapping) else lambda k, d: getattr(value, k, d)
+        return cls(**{f.name: str(get(f.name, "") or "") for f in dataclasses.fields(cls)})
+
+
+def spec_kind(name: str) -> str | None:
+    """ "builtin", "jsonl" (also "jsonl:PATH"), "import" ("module:object") or None."""
+    if name in _TASKS:
+        return "builtin"
+    if name == JSONL or name.startswith(JSONL + ":"):
+        return "jsonl"
+    return "import" if IMPORT_PATH.fullmatch(name) else None
+
+
+def resolve_task(spec: Any) -> Task:
+    """The task a spec names (`TaskSpec.of` reads it): a built-in task, a JsonlTask, or the
+    object an import path names wrapped in an ImportedTask; TaskSpecError (a ValueError whose
+    `key` is the setting at fault) otherwise. Reads no data: bad rows fail in `load`."""
+    spec = TaskSpec.of(spec)
+    kind = spec_kind(spec.name)
+    if kind is None:
+        raise TaskSpecError(
+            f"Unknown task {spec.name!r}; valid tasks: {', '.join(TASK_NAMES)}, or "
+            "'jsonl' with a path (jsonl:PATH), or an import path 'package.module:factory'."
+        )
+    if kind == "jsonl":
+        if not spec.path:
+            raise TaskSpecError(
+                "task 'jsonl' needs a path: task.path (or jsonl:PATH) names a .jsonl or "
+                ".parquet file or a folder with train.jsonl and test.jsonl",
+                key="path",
+            )
+        return JsonlTask(
+            spec.path, checker=spec.checker, system_prompt=spec.system_prompt,
+            template=spec.template, prefill=spec.prefill,
+        )  # fmt: skip
+    extra = [k for k in USER_KEYS if getattr(spec, k)]
+    if extra:
+        raise TaskSpecError(
+            f"task.{extra[0]} is set, but only task.name='jsonl' uses it; "
+            f"{spec.name!r} builds its own prompts and rewards",
+            key=extra[0],
+        )
+    return _TASKS[spec.name] if kind == "builtin" else ImportedTask(spec.name)
 
 
 def eval_subset(
