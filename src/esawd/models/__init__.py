@@ -6,7 +6,8 @@
 `load` takes a preset name (see `PRESETS`), a Hugging Face model directory, a `.gguf` file or
 a hub id (downloaded with huggingface_hub when online). Parameters are a plain dict of float32
 arrays with per-layer weights stacked under params["layers"]; `config.dtype` is the compute
-dtype. `export` writes a Hugging Face directory that `load` and transformers read back.
+dtype. `export` writes a Hugging Face directory or a GGUF file that `load`, transformers and
+(GGUF) llama.cpp read back.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from esawd.models.decoder import (
     unstack_layers,
 )
 from esawd.models.embedded import cache_dir
+from esawd.models.hf import DEFAULT_SHARD_BYTES, EXPORT_DTYPES
 from esawd.models.hf import export as _export_hf
 from esawd.models.tokenizer import chat_ids, load_tokenizer
 from esawd.types import Params
 
 __all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "EXPORT_DTYPES",
+    "EXPORT_FORMATS",
     "PRESETS",
     "Cache",
     "Model",
@@ -133,6 +138,42 @@ def load(
     )
 
 
-def export(model: Model, directory: str | os.PathLike) -> Path:
-    """Write `model` as a Hugging Face directory (config.json, model.safetensors, tokenizer)."""
-    return _export_hf(model.config, model.params, directory, tokenizer=model.tokenizer)
+EXPORT_FORMATS = ("safetensors", "gguf")
+
+
+def export(
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    format: str = "safetensors",
+    dtype: str = "float32",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = False,
+    name: str = "",
+) -> Path:
+    """Write `model` as a Hugging Face directory (format="safetensors": config.json,
+    generation_config.json, tokenizer, weights in `dtype`, sharded at `max_shard_bytes`) or as
+    one GGUF file (format="gguf", with its tokenizer and chat template); returns the path."""
+    from esawd.models import gguf_io
+
+    if format == "safetensors":
+        return _export_hf(
+            model.config,
+            model.params,
+            path,
+            tokenizer=model.tokenizer,
+            dtype=dtype,
+            max_shard_bytes=max_shard_bytes,
+            progress=progress,
+        )
+    if format == "gguf":
+        return gguf_io.write_gguf(
+            model.config,
+            model.params,
+            path,
+            tokenizer=model.tokenizer,
+            dtype=dtype,
+            name=name,
+            progress=progress,
+        )
+    raise ValueError(f"unknown export format {format!r}; choose one of {list(EXPORT_FORMATS)}")

@@ -2,8 +2,9 @@
 
 Reading memory-maps each shard and parses its header here (not through torch), so bfloat16
 checkpoints load without torch and a truncated file is reported with the tensor that is cut
-off. Writing produces a `model.safetensors` + `config.json` that transformers loads as
-LlamaForCausalLM / Qwen2ForCausalLM.
+off. Writing (`export`) produces a directory that transformers loads as LlamaForCausalLM /
+Qwen2ForCausalLM: config.json, generation_config.json, the tokenizer and the weights in float32,
+bfloat16 or float16, sharded with an index when they exceed a shard size.
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def load_params(directory: str | os.PathLike, config: ModelConfig) -> Params:
 
 
 def hf_tensors(config: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, [out, in]-layout float32 array) pairs for every parameter."""
+    """(HF name, [out, in]-layout array) pairs for every parameter: host views of the
+    parameters in their own dtype (float32; float16 under es.precision='reference_float16')."""
     import jax
 
     params = jax.tree.map(np.asarray, params)
@@ -265,22 +267,180 @@ def hf_tensors(config: ModelConfig, params: Params) -> Iterator[tuple[str, np.nd
             yield f"model.layers.{i}.{suffix}", (stacked[i].T if transpose else stacked[i])
 
 
-def export(
-    config: ModelConfig, params: Params, directory: str | os.PathLike, *, tokenizer: Any = None
-) -> Path:
-    """Write config.json + model.safetensors (float32) loadable by transformers; returns the dir."""
-    from safetensors.numpy import save_file
+# The dtypes a checkpoint can be exported in, with their safetensors names.
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+_ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+DEFAULT_SHARD_BYTES = 2 * 10**9  # "2GB", as transformers' save_pretrained counts it
+INDEX_FILE = "model.safetensors.index.json"
 
+
+def check_export_dtype(dtype: str, *, allowed: tuple[str, ...] = EXPORT_DTYPES) -> np.dtype:
+    """The numpy dtype of an export dtype name; a clear error for any other name."""
+    import ml_dtypes
+
+    if dtype not in allowed:
+        raise ValueError(f"cannot export in dtype {dtype!r}; choose one of {list(allowed)}")
+    return np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+
+def cast_tensor(name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
+    """`arr` rounded to `dtype` (to nearest even), C-contiguous; refuses non-finite values and
+    values that float16 cannot hold, naming the tensor."""
+    arr = np.asarray(arr)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(
+            f"tensor {name!r} has {bad} non-finite values (NaN or inf); the parameters are "
+            "broken, export an earlier iteration"
+        )
+    with np.errstate(over="ignore"):  # float16 overflow is refused below, with the tensor
+        out = np.ascontiguousarray(arr.astype(check_export_dtype(dtype)))
+    if dtype == "float16" and np.isinf(out).any():
+        raise ValueError(
+            f"tensor {name!r} has values beyond float16's range (max |x| = "
+            f"{float(np.abs(arr).max()):.4g} > 65504); export as bfloat16 or float32"
+        )
+    return out
+
+
+def _plan_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive tensors grouped into shards of at most `max_bytes` each (a tensor larger
+    than that gets a shard of its own), as transformers' `save_pretrained` shards."""
+    shards: list[list[int]] = [[]]
+    used = 0
+    for i, size in enumerate(sizes):
+        if shards[-1] and used + size > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(i)
+        used += size
+    return shards
+
+
+def _write_safetensors(
+    path: Path,
+    entries: list[tuple[str, np.ndarray]],
+    dtype: str,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """One safetensors file holding `entries` cast to `dtype`, written a tensor at a time (the
+    header first, from the shapes), so no more than one converted tensor is in memory."""
+    itemsize = check_export_dtype(dtype).itemsize
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, arr in entries:
+        size = int(np.prod(arr.shape, dtype=np.int64)) * itemsize
+        header[name] = {
+            "dtype": _ST_DTYPE[dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, arr in entries:
+            data = cast_tensor(name, arr, dtype)
+            f.write(data.reshape(-1).view(np.uint8))  # its bytes, without another copy
+            on_bytes(data.nbytes)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_weight_file(name: str) -> bool:
+    """A file an earlier export may have left: model.safetensors, its shards, its index."""
+    return name in ("model.safetensors", INDEX_FILE) or (
+        name.startswith("model-") and name.endswith(".safetensors") and "-of-" in name
+    )
+
+
+def generation_config(config: ModelConfig) -> dict[str, Any]:
+    """generation_config.json for `config`: its BOS and its stop tokens (all of config.eos_ids,
+    which transformers and vLLM stop at)."""
+    out: dict[str, Any] = {}
+    if config.bos_id is not None:
+        out["bos_token_id"] = config.bos_id
+    if config.eos_ids:
+        out["eos_token_id"] = list(config.eos_ids) if len(config.eos_ids) > 1 else config.eos_ids[0]
+    return out
+
+
+def export(
+    config: ModelConfig,
+    params: Params,
+    directory: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    dtype: str = "float32",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = False,
+) -> Path:
+    """Write a Hugging Face directory that transformers and `load` read; returns the directory.
+
+    config.json, generation_config.json (BOS and stop tokens), the tokenizer files, and the
+    weights in `dtype` (float32, bfloat16 or float16; any input dtype is rounded to it):
+    `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` of at most
+    `max_shard_bytes` each with `model.safetensors.index.json` when they do not fit in one.
+    """
+    from tqdm import tqdm
+
+    check_export_dtype(dtype)
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes={max_shard_bytes} must be positive (default 2 GB)")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; give a directory to export into")
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        name: np.ascontiguousarray(arr, np.float32) for name, arr in hf_tensors(config, params)
-    }
-    tmp = directory / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    # Rename last so an interrupted export never leaves a truncated model.safetensors behind.
-    os.replace(tmp, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps(to_hf_config(config), indent=2) + "\n")
+    hf_config = to_hf_config(config)  # refuses what config.json cannot express, before writing
+    hf_config["torch_dtype"] = dtype
+
+    entries = list(hf_tensors(config, params))  # views of the parameters: nothing copied yet
+    itemsize = check_export_dtype(dtype).itemsize
+    sizes = [int(np.prod(arr.shape, dtype=np.int64)) * itemsize for _, arr in entries]
+    shards = _plan_shards(sizes, max_shard_bytes)
+    n = len(shards)
+    names = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    bar = tqdm(
+        total=sum(sizes),
+        unit="B",
+        unit_scale=True,
+        desc=f"safetensors {dtype}",
+        disable=not progress,
+    )
+    tmps = []
+    try:
+        for name, shard in zip(names, shards, strict=True):
+            tmp = directory / f".{name}.tmp"
+            tmps.append(tmp)
+            _write_safetensors(tmp, [entries[i] for i in shard], dtype, bar.update)
+        # An earlier export's weights go first, so that no stale shard is ever read with these.
+        for old in directory.iterdir():
+            if _is_weight_file(old.name):
+                old.unlink()
+        # Rename last so an interrupted export never leaves a truncated shard behind.
+        for tmp, name in zip(tmps, names, strict=True):
+            os.replace(tmp, directory / name)
+    finally:
+        bar.close()
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    if n > 1:
+        weight_map = {
+            entries[i][0]: name for name, shard in zip(names, shards, strict=True) for i in shard
+        }
+        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    generation = generation_config(config)
+    if generation:
+        text = json.dumps(generation, indent=2) + "\n"
+        (directory / "generation_config.json").write_text(text)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     return directory
