@@ -218,13 +218,13 @@ def plot_continual(summaries: Sequence[Mapping[str, Any]]):
     import numpy as np
 
     n = len(summaries)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * n + 4, 3.2), squeeze=False)
-    for ax, s in zip(axes[0], summaries, strict=False):
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.0 * n + 5, 3.4), squeeze=False)
+    for k, (ax, s) in enumerate(zip(axes[0], summaries, strict=False)):
         R = np.array([s["base"], *s["R"]], float) * 100
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(s["tasks"])), s["tasks"], rotation=30, ha="right")
         rows = ["base"] + [f"after {st['task']}" for st in s["stages"]]
-        ax.set_yticks(range(len(rows)), rows)
+        ax.set_yticks(range(len(rows)), rows if k == 0 else [""] * len(rows))  # one set of labels
         for (r, c), v in np.ndenumerate(R):
             ax.text(c, r, "-" if v != v else f"{v:.0f}", ha="center", va="center",
                     color="white" if v < 60 else "black", fontsize=8)  # fmt: skip
