@@ -203,17 +203,18 @@ def test_paper_protocol_resolves_to_the_references_values():
 
 
 @pytest.mark.slow
-def test_one_iteration_of_a_lambda_ablation_config_on_a_tiny_model(tmp_path, request):
+def test_one_iteration_of_a_lambda_ablation_config_on_a_tiny_model(
+    tmp_path, request, varied_reward
+):
     """The config as shipped, in the paper's float16, on the tiny Qwen2-shaped model and
     procedural Countdown (no data needed). The other families' dry runs, on the benchmark files:
     test_trainer.py and test_grpo.py, test_paper_configs_tiny_dry_run."""
     import jax
     from tiny_model import tiny_train
-    from trainer_driver import patch_reward
 
     from esawd.rundir import RunDir
 
-    patch_reward()  # a reward the random tiny model's text moves, so ES has a signal
+    # varied_reward (conftest): a reward the random tiny model's text moves, restored after
     c = paper.get_config("countdown_qwen3b_l2_100_s1")
     c.workdir = str(tmp_path / "run")
     c.model.name = str(request.getfixturevalue("tiny_qwen2_dir"))
