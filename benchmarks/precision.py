@@ -59,10 +59,15 @@ def leaves_by_kind(params) -> dict[str, list[tuple[str, np.ndarray]]]:
     return out
 
 
+def by_path(tree) -> dict[str, np.ndarray]:
+    """Every leaf as a numpy array, keyed by its path string."""
+    return {jax.tree_util.keystr(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}  # fmt: skip
+
+
 def perturbation_kept(params, noise) -> list[dict]:
     rows = []
-    flat_n = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
-              jax.tree_util.tree_flatten_with_path(noise)[0]}  # fmt: skip
+    flat_n = by_path(noise)
     for kind, items in leaves_by_kind(params).items():
         for dname, dt in DTYPES.items():
             dot = sq = err = lost = count = 0.0
@@ -96,8 +101,7 @@ def step_in_ulps(params) -> list[dict]:
 def round_trip(params, noise) -> list[dict]:
     step = ALPHA / N**0.5
     rows = []
-    flat_n = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
-              jax.tree_util.tree_flatten_with_path(noise)[0]}  # fmt: skip
+    flat_n = by_path(noise)
     f16, f32 = np.float16, np.float32
     for kind, items in leaves_by_kind(params).items():
         changed = count = sq = 0.0

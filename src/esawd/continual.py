@@ -178,9 +178,7 @@ def run_sequence(
     for i, c in enumerate(runs):
         print(f"stage {i}: {stages[i].task}, {stages[i].iterations} iterations -> {c['workdir']}",
               flush=True)  # fmt: skip
-        s = settings.from_config(c)
-        settings.check(s)
-        train(s)
+        train(settings.from_config(c))  # the loop checks the settings first
         last = _final_iteration(Path(c["workdir"]))
         a = analysis.AnalysisSettings(
             tasks=tuple(tasks), num_examples=eval_examples, max_new_tokens=eval_max_new_tokens,
