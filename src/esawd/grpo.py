@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from esawd import models, sampling, scoring
+from esawd import memplan, models, sampling, scoring
+from esawd import mesh as mesh_lib
 from esawd.loop import Context
 from esawd.types import Params, PRNGKey
 
@@ -170,11 +171,13 @@ def rollout(
     temperature: float = 1.0,
     batch_size: int = 256,
     ignore_eos: bool = False,
+    fuse_layers: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """n sampled completions per prompt [P, T]: tokens [P*n, max_new_tokens], lengths [P*n].
 
     Sequences are generated `batch_size` at a time (the last call padded to the same shape);
-    call b samples with fold_in(key, b).
+    call b samples with fold_in(key, b). fuse_layers=False for weights split over a `model`
+    mesh axis (`sampling.generate`).
     """
     ids = np.repeat(np.asarray(prompt_ids), group_size, axis=0)  # [P*n, T]
     mask = np.repeat(np.asarray(prompt_mask), group_size, axis=0)
@@ -184,6 +187,7 @@ def rollout(
         t, n = sampling.generate(
             config, params, ids[rows], mask[rows], max_new_tokens=max_new_tokens,
             temperature=temperature, key=jax.random.fold_in(key, b), ignore_eos=ignore_eos,
+            fuse_layers=fuse_layers,
         )  # fmt: skip
         t, n = jax.device_get((t, n))
         tokens.append(t[valid])
@@ -329,7 +333,8 @@ def reward_metrics(scores: dict[str, np.ndarray], group_size: int) -> dict[str, 
 
 class GRPOMethod:
     """GRPO: the state is theta_t and AdamW's moments; theta_0 (the KL reference) stays on the
-    device. One process, one device."""
+    devices. One process; the model, its moments and its sampling split tensor-parallel over
+    `grpo.model_axis` devices (esawd.mesh), one device by default."""
 
     label, unit, masters_dtype = "GRPO", "st", "float32"
 
@@ -345,22 +350,60 @@ class GRPOMethod:
         self.apply_fn = make_apply_fn(self.optimizer)
         self.root_key = jax.random.key(g.seed)
 
+    def plan(self, ctx: Context) -> memplan.MemoryPlan:
+        """The run's memory plan (`esawd.memplan.grpo_plan`), before any weight is loaded."""
+        g = self.g
+        rows = g.prompts_per_step * g.group_size
+        return memplan.grpo_plan(
+            ctx.config, generate_batch=min(g.generate_batch_size, rows),
+            micro_batch=g.micro_batch_size, width=ctx.prompts.width,
+            max_new_tokens=self.s.task.max_new_tokens, model_axis=g.model_axis,
+        )  # fmt: skip
+
     def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]:
-        self.ref_params = jax.device_put(theta0)
-        params = jax.device_put(model.params)
-        return {"params": params, "opt_state": self.optimizer.init(params)}
+        m = self.g.model_axis
+        self.mesh = mesh_lib.run_mesh(jax.devices()[:m], model_axis=m)  # one "pop" row
+        self.ref_params = mesh_lib.shard_params(theta0, self.mesh)
+        params = mesh_lib.shard_params(model.params, self.mesh)
+        # jitted, so AdamW's moments are split like the parameters they follow
+        return {"params": params, "opt_state": jax.jit(self.optimizer.init)(params)}
+
+    def _rollout(self, ctx: Context, params: Params, idx: np.ndarray, key: PRNGKey):
+        g, prompts = self.g, ctx.prompts
+        return rollout(
+            ctx.config, params, prompts.ids[idx], prompts.mask[idx], key,
+            group_size=g.group_size, max_new_tokens=self.s.task.max_new_tokens,
+            temperature=g.temperature, batch_size=g.generate_batch_size,
+            fuse_layers=g.model_axis == 1,
+        )  # fmt: skip
+
+    def compile(self, ctx: Context, state: dict) -> float:
+        """Compile (not run) the first sampling batch of step 1's rollout; seconds."""
+        g, prompts = self.g, ctx.prompts
+        idx = step_prompts(len(ctx.train_examples), prompts_per_step=g.prompts_per_step,
+                           seed=g.seed, step=1)  # fmt: skip
+        b = min(g.generate_batch_size, len(idx) * g.group_size)
+        ids = np.repeat(prompts.ids[idx], g.group_size, axis=0)[:b]
+        mask = np.repeat(prompts.mask[idx], g.group_size, axis=0)[:b]
+
+        def first_batch(params):
+            return sampling.generate(
+                ctx.config, params, ids, mask, max_new_tokens=self.s.task.max_new_tokens,
+                temperature=g.temperature, key=jax.random.key(0), fuse_layers=g.model_axis == 1,
+            )  # fmt: skip
+
+        t0 = time.perf_counter()
+        jax.jit(first_batch).lower(state["params"]).compile()
+        return time.perf_counter() - t0
 
     def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]:
         g, prompts = self.g, ctx.prompts
         t_step = time.perf_counter()
         idx = step_prompts(len(ctx.train_examples), prompts_per_step=g.prompts_per_step,
                            seed=g.seed, step=t)  # fmt: skip
-        tokens, lengths = rollout(
-            ctx.config, state["params"], prompts.ids[idx], prompts.mask[idx],
-            jax.random.fold_in(self.root_key, t), group_size=g.group_size,
-            max_new_tokens=self.s.task.max_new_tokens, temperature=g.temperature,
-            batch_size=g.generate_batch_size,
-        )  # fmt: skip
+        tokens, lengths = self._rollout(
+            ctx, state["params"], idx, jax.random.fold_in(self.root_key, t)
+        )
         t_rollout = time.perf_counter()
         examples = [ctx.train_examples[i] for i in idx for _ in range(g.group_size)]
         scores = scoring.score(ctx.task, ctx.tokenizer, tokens, lengths, examples)

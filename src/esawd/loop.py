@@ -4,7 +4,9 @@ Reads top to bottom, as big_vision's trainers do: checks -> data -> model -> the
 run directory -> state (fresh or from the latest checkpoint) -> the loop -> export. A method
 (`esawd.es.method.ESMethod`, `esawd.grpo.GRPOMethod`) supplies only its own parts:
 
+    plan(ctx) -> MemoryPlan                    # memory per device, before weights are loaded
     init(ctx, model, theta0) -> state          # a dict of pytrees; "params" is theta_t
+    compile(ctx, state) -> seconds             # compile the step's generation (dry_run)
     step(ctx, state, t) -> (state, metrics)   # one iteration; raises on non-finite values
     postfix(metrics) -> dict                   # what the progress bar shows
     label, unit, num_steps, seed_meta, data_seed   # names, length, seeds
@@ -18,6 +20,7 @@ writes the row again, and a crash after the checkpoint finds the row there.
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -28,7 +31,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from esawd import analysis, es, models, report, scoring, tasks
+from esawd import analysis, es, memplan, models, report, scoring, tasks
 from esawd.rundir import RunDir
 from esawd.settings import (
     ConfigError,
@@ -47,7 +50,7 @@ class Context:
     """What a method's parts may read: the settings and the run's fixed inputs."""
 
     settings: RunSettings
-    run: RunDir
+    run: RunDir | None  # None in a dry run, which writes nothing
     primary: bool  # the one process that writes logs and exports
     task: Any
     config: models.ModelConfig
@@ -66,7 +69,11 @@ class Method(Protocol):
     masters_dtype: str  # theta is kept in this dtype from theta_0 on ("float32" but for
     # ES's reproduction switch es.precision="reference_float16")
 
+    def plan(self, ctx: Context) -> memplan.MemoryPlan: ...
+
     def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]: ...
+
+    def compile(self, ctx: Context, state: dict) -> float: ...
 
     def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]: ...
 
@@ -79,8 +86,18 @@ def itstime(t: int, *, every: int, last: int) -> bool:
 
 
 def local_copy(params: Params) -> Params:
-    """This process's copy of replicated parameters, for work each process does alone."""
-    return jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), params)
+    """Parameters this process can compute with alone: as they are when all their devices are
+    its own (replicated or split over `model`), else its copy of replicated ones, or (split
+    across processes) gathered onto its first device."""
+
+    def local(x):
+        if x.is_fully_addressable:
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        return jax.device_put(es.host_value(x), jax.local_devices()[0])
+
+    return jax.tree.map(local, params)
 
 
 def sync(name: str) -> None:
@@ -145,19 +162,56 @@ class Loggers:
             self.wandb.finish()
 
 
-def prepare(s: RunSettings, *, data_seed: int) -> tuple[RunDir, list, list]:
-    """Checks, the run directory and the examples, before any model is loaded."""
+def setup(s: RunSettings, method: Method) -> Context:
+    """Everything before a file is written or a weight is loaded: the checks, the examples,
+    the model's config and tokenizer, and the memory plan, printed, and refused when the run
+    cannot fit. The context has no run directory yet (`run=None`)."""
     check(s, device_count=jax.device_count())
-    run = RunDir(s.workdir, max_to_keep=s.checkpoint.max_to_keep)
-    stored = run.read_config()
+    stored_path = Path(s.workdir).expanduser() / "config.json"  # read, without creating the dir
+    stored = json.loads(stored_path.read_text()) if stored_path.is_file() else None
     if stored is not None:
         check_resumable(stored, to_dict(s), workdir=s.workdir)
     train_examples, eval_examples = scoring.load_examples(
         s.task, data_dir=s.task.data_dir, num_train=s.task.num_train,
         train_split=s.task.train_split, eval_split=s.task.eval_split,
-        eval_size=s.eval.num_examples, seed=data_seed,
+        eval_size=s.eval.num_examples, seed=method.data_seed,
     )  # fmt: skip
-    return run, train_examples, eval_examples
+    shell = models.load(s.model.name, dtype=s.model.compute_dtype,
+                        cache=s.model.cache_dir or None, weights=False)  # fmt: skip
+    task = tasks.resolve_task(s.task)
+    ctx = Context(
+        s, None, jax.process_index() == 0, task, shell.config, shell.tokenizer, train_examples,
+        eval_examples, scoring.encode(task, train_examples, shell.tokenizer),
+    )  # fmt: skip
+    plan = method.plan(ctx)
+    if ctx.primary:
+        print(plan.format(), flush=True)
+    if not plan.fits:
+        raise ConfigError(f"model.name={s.model.name!r}: {plan.refusal()}")
+    return ctx
+
+
+def load_model(ctx: Context) -> models.Model:
+    """The model's weights (the config and tokenizer come from `setup`)."""
+    m = ctx.settings.model
+    model = models.load(m.name, dtype=m.compute_dtype, cache=m.cache_dir or None, tokenizer=False)
+    return dataclasses.replace(model, tokenizer=ctx.tokenizer)
+
+
+def dry_run(ctx: Context, method: Method) -> None:
+    """dry_run=True: the mesh and the plan (`setup`), the weights loaded and placed, and one
+    member's generation compiled (not run); prints the compile time and writes nothing."""
+    t0 = time.perf_counter()
+    model = load_model(ctx)
+    state = method.init(ctx, model, model.params)
+    loaded = time.perf_counter() - t0
+    seconds = method.compile(ctx, state)
+    if ctx.primary:
+        print(
+            f"dry run: weights loaded and placed in {loaded:.1f} s, the generation compiled in "
+            f"{seconds:.1f} s; nothing was written to {ctx.settings.workdir}.",
+            flush=True,
+        )
 
 
 def start_state(ctx: Context, method: Method, model: models.Model) -> tuple[dict, int, Params]:
@@ -242,18 +296,19 @@ def kl_probe(ctx: Context, theta0: Params) -> Callable[[Params], float] | None:
     return kl
 
 
-def train(s: RunSettings, method: Method) -> Params:
-    """Run (or resume) `method` as `s` says; returns the final parameters."""
-    run, train_examples, eval_examples = prepare(s, data_seed=method.data_seed)
-    primary = jax.process_index() == 0
+def train(s: RunSettings, method: Method) -> Params | None:
+    """Run (or resume) `method` as `s` says; returns the final parameters (None for a dry
+    run)."""
+    ctx = setup(s, method)
+    if s.dry_run:
+        return dry_run(ctx, method)
+    run = RunDir(s.workdir, max_to_keep=s.checkpoint.max_to_keep,
+                 async_save=s.checkpoint.async_save)  # fmt: skip
+    ctx = dataclasses.replace(ctx, run=run)
+    primary, task, eval_examples = ctx.primary, ctx.task, ctx.eval_examples
     if primary:
         run.write_config(to_dict(s))
-    model = models.load(s.model.name, dtype=s.model.compute_dtype, cache=s.model.cache_dir or None)
-    task = tasks.resolve_task(s.task)
-    ctx = Context(
-        s, run, primary, task, model.config, model.tokenizer, train_examples, eval_examples,
-        scoring.encode(task, train_examples, model.tokenizer),
-    )  # fmt: skip
+    model = load_model(ctx)
     t_start = time.perf_counter()
     state, start, theta0 = start_state(ctx, method, model)
     del model
@@ -305,9 +360,11 @@ def train(s: RunSettings, method: Method) -> Params:
         bar.set_postfix({**method.postfix(metrics), **shown})
         bar.update(1)
     bar.close()
-    if primary and s.export and not (start == last and run.final_dir.exists()):
+    if s.export and not (start == last and run.final_dir.exists()):
+        # every process: gathering parameters split across processes is a collective
         host = jax.tree.map(es.host_value, state["params"])
-        models.export(models.Model(ctx.config, host, ctx.tokenizer), run.final_dir)
+        if primary:
+            models.export(models.Model(ctx.config, host, ctx.tokenizer), run.final_dir)
     sync("exported")
     logs.close()
     run.close()

@@ -31,6 +31,11 @@ class PromptBatch(NamedTuple):
     ids: np.ndarray
     mask: np.ndarray
 
+    @property
+    def width(self) -> int:
+        """The longest prompt's length: the generation pads the prompts to it (bucket=1)."""
+        return int(np.asarray(self.mask).sum(axis=1).max())
+
 
 def prompt_token_ids(messages: Sequence[Message], tokenizer: Any) -> list[int]:
     """Token ids of one conversation; a final assistant message is continued, not closed."""

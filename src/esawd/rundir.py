@@ -14,11 +14,14 @@
                             written by `python -m experiments.evaluate` (esawd.analysis)
 
 Crash safety. Orbax finalises a checkpoint by renaming its temporary directory, so a
-checkpoint that was being written when the process died is never listed. JSONL rows past the
-restored checkpoint are dropped on resume, because those iterations are run again. Files that
-are rewritten rather than appended (config.json, a truncated JSONL log) go to a temporary file
-that is flushed and fsynced before `os.replace` puts it in place, and the directory is fsynced
-after, so a crash leaves either the old file or the new one, never an empty or partial one.
+checkpoint that was being written when the process died is never listed. With `async_save`,
+`save` returns once the arrays are copied to host memory and the write, rename included, goes
+on in the background; reading the checkpoints, the next save and `close` wait for it first.
+JSONL rows past the restored checkpoint are dropped on resume, because those iterations are run
+again. Files that are rewritten rather than appended (config.json, a truncated JSONL log) go to
+a temporary file that is flushed and fsynced before `os.replace` puts it in place, and the
+directory is fsynced after, so a crash leaves either the old file or the new one, never an
+empty or partial one.
 """
 
 from __future__ import annotations
@@ -118,17 +121,24 @@ class JsonlLog:
 
 
 class RunDir:
-    """Paths and persistent state of one run directory."""
+    """Paths and persistent state of one run directory.
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3):
+    With `async_save`, checkpoints are written by a background thread: `save` returns once
+    Orbax has copied the arrays off the devices (so the caller may donate them right after).
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = False
+    ):
         self.root = Path(workdir).expanduser().absolute()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.async_save = async_save
         self.metrics = JsonlLog(self.root / "metrics.jsonl")
         self.es_log = JsonlLog(self.root / "es_log.jsonl")
         self._manager = ocp.CheckpointManager(
             self.root / "checkpoints",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
             ),
         )
 
@@ -204,11 +214,22 @@ class RunDir:
 
     # ----- checkpoints ---------------------------------------------------------------------
 
+    # With async_save, Orbax lists a step as soon as its save has started, so the listings wait
+    # for a pending save (and re-raise its error) first. Orbax itself waits in restore
+    # (AsyncCheckpointer.restore), in the next save and in close (CheckpointManager.save/close).
+
+    def wait(self) -> None:
+        """Block until a checkpoint being written in the background is on disk."""
+        self._manager.wait_until_finished()
+
     def latest_step(self) -> int | None:
         """The iteration of the latest complete checkpoint, or None."""
+        self.wait()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """The iterations of every complete checkpoint kept."""
+        self.wait()
         return list(self._manager.all_steps())
 
     def save(
@@ -221,7 +242,8 @@ class RunDir:
     ) -> None:
         """A checkpoint of `params` (+ `extra` pytrees, e.g. optimizer state) at `iteration`.
 
-        All items land in one atomic Orbax checkpoint, finished before returning.
+        All items land in one atomic Orbax checkpoint, finished before returning; with
+        `async_save`, finished in the background once the arrays are on the host.
         """
         items = {
             "params": ocp.args.StandardSave(params),
@@ -230,7 +252,8 @@ class RunDir:
         for name, tree in (extra or {}).items():
             items[name] = ocp.args.StandardSave(tree)
         self._manager.save(iteration, args=ocp.args.Composite(**items), force=True)
-        self._manager.wait_until_finished()
+        if not self.async_save:
+            self.wait()
 
     def restore(
         self, iteration: int, like: Params, *, extra_like: dict[str, Any] | None = None
@@ -252,6 +275,7 @@ class RunDir:
         return out["params"], dict(out["meta"]), {k: out[k] for k in extra_like}
 
     def close(self) -> None:
+        """Finish a pending checkpoint and release Orbax's threads."""
         self._manager.close()
 
     @property

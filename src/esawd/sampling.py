@@ -162,14 +162,19 @@ def _pick(logits, key, temperature, greedy):
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
-def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_layers):
+def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_layers, fuse):
     """The prefill and decode-step functions of `_generate` over rows [B], and the empty cache.
 
     Without `pert`, the B rows are the prompts. With a batch of M members' perturbations
     (leaves [M, ...]) the rows are M x prompts, member-major: the model runs once per step over
     the shared weights (vmapped over members, which XLA turns into one matmul of all rows per
     weight) with each member's low-rank factors; each row keeps its own KV cache.
+
+    `fuse`: the unrolled layers concatenate q/k/v and gate/up (fewer, larger matmuls). Not for
+    weights split over a `model` mesh axis (esawd.mesh): splitting the fused output back into
+    q, k and v would then reshuffle it between the devices at every step.
     """
+    fuse_layer = fuse_layer_params if fuse else (lambda lp: lp)
     B0 = prompt_ids.shape[0]
     if pert is None:
         cache = init_cache(config, batch=B0, length=length)
@@ -177,7 +182,7 @@ def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_lay
         if not unroll_layers:
             return prefill, lambda *a: _decode(config, params, *a), cache
         # per-layer (fused) weights, copied once here rather than sliced at every step
-        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
+        layer_params = [fuse_layer(lp) for lp in unstack_layers(params)]
         return prefill, lambda *a: _decode_unrolled(config, params, layer_params, *a), cache
 
     M = jax.tree.leaves(pert)[0].shape[0]
@@ -195,8 +200,8 @@ def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_lay
         return flat(logits), cache, flat(cache_mask)
 
     if unroll_layers:
-        layer_params = [fuse_layer_params(lp) for lp in unstack_layers(params)]
-        layer_perts = jax.vmap(lambda p: [fuse_layer_params(lp) for lp in unstack_layers(p)])(
+        layer_params = [fuse_layer(lp) for lp in unstack_layers(params)]
+        layer_perts = jax.vmap(lambda p: [fuse_layer(lp) for lp in unstack_layers(p)])(
             pert
         )  # per layer, leaves [M, ...]
 
@@ -219,11 +224,12 @@ def _model_fns(config, params, pert, prompt_ids, prompt_mask, length, unroll_lay
 
 
 @functools.partial(
-    jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos", "unroll_layers")
+    jax.jit,
+    static_argnames=("config", "max_new_tokens", "greedy", "ignore_eos", "unroll_layers", "fuse"),
 )
 def _generate(
     config, params, prompt_ids, prompt_mask, eos, temperature, key, pad_id, perturbation=None, *,
-    max_new_tokens, greedy, ignore_eos, unroll_layers,
+    max_new_tokens, greedy, ignore_eos, unroll_layers, fuse=True,
 ):  # fmt: skip
     P = prompt_ids.shape[1]
     N = max_new_tokens
@@ -231,7 +237,7 @@ def _generate(
     if perturbation is not None:
         perturbation = cast_params(perturbation, config.dtype)
     prefill, decode, cache = _model_fns(
-        config, params, perturbation, prompt_ids, prompt_mask, P + N, unroll_layers
+        config, params, perturbation, prompt_ids, prompt_mask, P + N, unroll_layers, fuse
     )  # the cache lives in the loop carry: updated in place
     logits, cache, cache_mask = prefill(cache)
     B = logits.shape[0]
@@ -288,6 +294,7 @@ def generate(
     bucket: int = 64,
     unroll_layers: bool = True,
     perturbation: Params | None = None,
+    fuse_layers: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Generate from left-padded prompts [B, T]: (tokens [B, max_new_tokens], lengths [B]).
 
@@ -297,6 +304,8 @@ def generate(
     EOS. ignore_eos=True always generates max_new_tokens (the fixed-length benchmark mode).
     unroll_layers=True decodes with the layers unrolled over per-layer copies of the weights
     (faster on CPU, compile time grows with depth); False keeps the scanned layers.
+    fuse_layers=False keeps q/k/v and gate/up separate there: for weights split over a
+    `model` mesh axis (`esawd.mesh.shard_params`), which the fused layout would reshuffle.
 
     `perturbation`: M population members' factored perturbations stacked on a leading axis
     [M] (`jax.vmap(esawd.es.member_perturbation)` over their seeds). Their M x B rows then
@@ -337,7 +346,7 @@ def generate(
         jnp.asarray(eos if eos else (-1,), jnp.int32), jnp.float32(max(temperature, 1e-6)),
         jax.random.key(0) if key is None else key, jnp.int32(pad_id), perturbation,
         max_new_tokens=max_new_tokens, greedy=temperature == 0, ignore_eos=ignore_eos or not eos,
-        unroll_layers=unroll_layers,
+        unroll_layers=unroll_layers, fuse=fuse_layers,
     )  # fmt: skip
     if perturbation is None:
         return tokens, lengths

@@ -84,8 +84,13 @@ class ESSettings:
     # members generated together on one device (0: automatic; 1 at full rank, as many as fit
     # in the device's memory at low rank)
     members_per_batch: int = _field(0, resumable=True)
-    # devices on the `pop` mesh axis (0: every device of every process)
+    # devices the run uses (0: every device of every process): num_devices / model_axis
+    # members at a time along the `pop` mesh axis
     num_devices: int = _field(0, resumable=True)
+    # devices per member (the `model` mesh axis): its weights, KV cache and activations split
+    # tensor-parallel over them (esawd.mesh), for models one device cannot hold. A resumed run
+    # may change it; its generations then round their split sums differently
+    model_axis: int = _field(1, resumable=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +123,9 @@ class GRPOSettings:
     adam_eps: float = 1e-8
     adv_eps: float = 1e-6  # added to the group std
     seed: int = 0
+    # devices the model, its optimizer state and its sampling split over, tensor-parallel
+    # (esawd.mesh); 1: one device
+    model_axis: int = _field(1, resumable=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +146,10 @@ class EvalSettings:
 class CheckpointSettings:
     interval: int = 50
     max_to_keep: int | None = 3
+    # Orbax async saving: the next iteration starts once the arrays are off the devices and the
+    # files are written in the background (a 7B model's 28 GB save no longer stalls the run);
+    # a checkpoint still being written is never loaded
+    async_save: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +192,9 @@ class RunSettings:
     checkpoint: CheckpointSettings = _field(CheckpointSettings(), resumable=True)
     log: LogSettings = _field(LogSettings(), resumable=True)
     export: bool = _field(True, resumable=True)  # write the final model to <workdir>/final
+    # build the mesh, print the memory plan, load the model and compile one member's
+    # generation (GRPO: one sampling batch), print the compile time; write nothing, exit 0
+    dry_run: bool = _field(False, resumable=True)
     distributed: DistributedSettings | None = _field(DistributedSettings(), resumable=True)
 
 
@@ -331,7 +346,7 @@ def check(s: RunSettings, *, device_count: int | None = None) -> None:
     if s.method == "es":
         _check_es(s, device_count=device_count)
     else:
-        _check_grpo(s)
+        _check_grpo(s, device_count=device_count)
 
 
 def _check_common(s: RunSettings) -> None:
@@ -439,6 +454,10 @@ def _check_es(s: RunSettings, *, device_count: int | None) -> None:
         raise _bad("es.members_per_batch", e.members_per_batch, "0 (automatic) or >= 1")
     if device_count is not None and not 0 <= e.num_devices <= device_count:
         raise _bad("es.num_devices", e.num_devices, f"0 (all) to {device_count}")
+    _check_model_axis("es", e.model_axis, e.num_devices or device_count)
+    if e.model_axis > 1 and e.precision == "reference_float16":
+        why = "es.precision='reference_float16' reproduces one engine's dynamics: 1"
+        raise _bad("es.model_axis", e.model_axis, why)
     try:
         es.check_awd(alpha=e.alpha, lam=s.awd.lam, kind=s.awd.kind)
     except ValueError as err:
@@ -449,8 +468,24 @@ def _check_es(s: RunSettings, *, device_count: int | None) -> None:
         raise _bad("distributed.cpu_devices", s.distributed.cpu_devices, "0 (default) or more")
 
 
-def _check_grpo(s: RunSettings) -> None:
+def _check_model_axis(section: str, model_axis: int, devices: int | None) -> None:
+    """`model_axis` devices per member must divide the devices the run uses."""
+    if not (isinstance(model_axis, int) and model_axis >= 1):
+        raise _bad(f"{section}.model_axis", model_axis, "devices per member: 1 or more")
+    if devices is not None and devices % model_axis:
+        fits = [d for d in range(1, devices + 1) if devices % d == 0]
+        raise _bad(
+            f"{section}.model_axis", model_axis,
+            f"must divide the {devices} devices the run uses: one of {fits}"
+            + (" (or set es.num_devices to a multiple)" if section == "es" else ""),
+        )  # fmt: skip
+
+
+def _check_grpo(s: RunSettings, *, device_count: int | None = None) -> None:
     g = s.grpo
+    if device_count is not None and g.model_axis > device_count:
+        raise _bad("grpo.model_axis", g.model_axis, f"at most the {device_count} devices")
+    _check_model_axis("grpo", g.model_axis, None)
     _at_least_one(**{f"grpo__{k}": getattr(g, k) for k in (
         "num_steps", "prompts_per_step", "mini_batch_size", "micro_batch_size",
         "generate_batch_size",

@@ -42,7 +42,12 @@ from esawd.es.noise import (
     sample_noise,
     slice_noise,
 )
-from esawd.es.population import evaluate_population, fitness_key, population_mesh
+from esawd.es.population import (
+    compile_population,
+    evaluate_population,
+    fitness_key,
+    population_mesh,
+)
 from esawd.es.reference import PRECISIONS, reference_step, residue_trips
 from esawd.es.update import (
     AWD_KINDS,
@@ -75,6 +80,7 @@ __all__ = [
     "normalize_rewards",
     "perturb",
     "population_mesh",
+    "compile_population",
     "reference_step",
     "residue_trips",
     "sample_noise",

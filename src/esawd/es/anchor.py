@@ -116,13 +116,12 @@ def _to_device(a: jax.Array, target) -> jax.Array:
     """Copy a host slice to the device sharding `target`, across processes if need be."""
     if target.is_fully_addressable:
         return jax.device_put(a, target)
-    if not target.is_fully_replicated:
-        raise ValueError(f"multi-process parameters must be replicated; got {target}.")
-    # Each process fills its own devices from its own host copy (no cross-host transfer).
-    shards = [
-        jax.device_put(a, SingleDeviceSharding(d, memory_kind="device"))
-        for d in target.addressable_devices
-    ]
+    # Each process fills its own devices from its own host copy (no cross-host transfer); a
+    # device of a `model`-split target keeps only its part of the slice.
+    shards = []
+    for device, index in target.addressable_devices_indices_map(a.shape).items():
+        whole = jax.device_put(a, SingleDeviceSharding(device, memory_kind="device"))
+        shards.append(whole if target.is_fully_replicated else whole[index])
     return jax.make_array_from_single_device_arrays(a.shape, target, shards)
 
 

@@ -15,7 +15,6 @@ uninterrupted one, and theta_t can be replayed from theta_0 and `es_log.jsonl` (
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,15 +22,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from esawd import models, sampling, scoring
+from esawd import memplan, sampling, scoring
+from esawd import mesh as mesh_lib
 from esawd.es.anchor import HostAnchor, host_anchor, host_value
-from esawd.es.noise import is_stacked, iteration_seeds
-from esawd.es.population import evaluate_population, population_mesh
+from esawd.es.noise import iteration_seeds
+from esawd.es.population import compile_population, evaluate_population
 from esawd.es.reference import reference_step
 from esawd.es.update import es_step, normalize_rewards
 from esawd.loop import Context
+from esawd.memplan import (  # noqa: F401 (the names the tests and docs use here)
+    host_memory_bytes,
+    member_bytes,
+    members_per_batch_for,
+    perturbation_elements,
+)
 from esawd.types import Params
 
 # ---------------------------------------------------------------------------------------
@@ -39,73 +44,16 @@ from esawd.types import Params
 # ---------------------------------------------------------------------------------------
 
 
-def member_bytes(config, *, batch: int, width: int, max_new_tokens: int, rank: int = 0) -> int:
-    """An estimate of the device memory one population member's generation needs: its
-    perturbed float32 parameters and their compute-dtype and decode-layout copies (at low
-    rank: its factors, their fused decode layout and its perturbed norms and biases), the KV
-    cache, the prefill's largest activations (the MLP's and the attention scores over the
-    cache) and the logits."""
-    c = config
-    item = np.dtype(c.dtype).itemsize
-    slots = width + max_new_tokens
-    if rank:
-        # float32 factors, compute-dtype copies, the decode layout's fused (block) factors
-        params = perturbation_elements(c, rank) * (4 + 3 * item)
-    else:
-        params = c.num_params() * (4 + 2 * item)
-    cache = 2 * c.n_layers * batch * c.n_kv_heads * c.head_dim * slots * item
-    prefill = batch * width * (2 * c.d_ff + 4 * c.d_model) * item
-    scores = batch * c.n_heads * width * slots * 4 * 2  # scores and probabilities, float32
-    logits = batch * c.vocab_size * 4 * 2
-    return int(params + cache + prefill + scores + logits)
-
-
-def perturbation_elements(config, rank: int) -> int:
-    """Elements of one member's factored perturbation: (m + n) r per 2-D weight slice, and
-    every norm scale and bias."""
-    total = 0
-    for path, shape in jax.tree_util.tree_flatten_with_path(
-        models.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple)
-    )[0]:
-        layers, piece = (shape[0], shape[1:]) if is_stacked(path) else (1, shape)
-        total += layers * (sum(piece) * rank if len(piece) == 2 else math.prod(piece))
-    return total
-
-
-def members_per_batch_for(
-    device, *, member_bytes: int, members: int, reserved_bytes: int = 0, headroom: float = 0.8,
-    host_bytes: int | None = None,
-) -> int:  # fmt: skip
-    """How many members to generate together on `device` (es.members_per_batch=0): as many of
-    its `members` as fit, at `member_bytes` each, in `headroom` of its memory limit less
-    `reserved_bytes` (what the trainer keeps there anyway). The limit, not the memory free at
-    the moment, so that every process of a multi-host run picks the same number. A device that
-    reports no limit (the CPU) uses `host_bytes` when given (low rank: this process's share of
-    the machine's memory), else gets 1: vmapping full-rank members measured no faster there
-    (docs/benchmarks.md), since each member brings its own weights."""
-    stats = device.memory_stats()
-    limit = stats.get("bytes_limit") if stats else None
-    limit = limit or host_bytes
-    if not limit:
-        return 1
-    free = headroom * limit - reserved_bytes
-    return max(1, min(members, int(free) // max(1, member_bytes)))
-
-
-def host_memory_bytes() -> int:
-    """This machine's physical memory, shared by this process's CPU devices."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total // max(1, len(jax.local_devices(backend="cpu")))
-
-
 def make_generate_fn(
-    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False
-) -> Callable:
+    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False,
+    fuse_layers: bool = True,
+) -> Callable:  # fmt: skip
     """fitness(params, key) -> (tokens [B, T], lengths [B]): greedy generation on the prompts.
 
     The prompts are the same at every call, so they are padded only to the longest of them
     (bucket=1): one compilation either way, and no prefill work or cache slots spent on a
     wider bucket (Countdown's 139-145-token prompts would otherwise be padded to 192).
+    fuse_layers=False for weights split over a `model` mesh axis (`sampling.generate`).
     """
     ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
 
@@ -113,15 +61,16 @@ def make_generate_fn(
         del key  # greedy decoding, as in the paper
         return sampling.generate(
             config, params, ids, mask, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
-            bucket=1,
+            bucket=1, fuse_layers=fuse_layers,
         )  # fmt: skip
 
     return generate
 
 
 def make_population_generate_fn(
-    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False
-) -> Callable:
+    config, prompt_ids, prompt_mask, *, max_new_tokens: int, ignore_eos: bool = False,
+    fuse_layers: bool = True,
+) -> Callable:  # fmt: skip
     """The factored fitness(params, perturbations, keys) -> (tokens [M, B, T], lengths [M, B]):
     M members' greedy generations on the prompts as one batch over the shared weights."""
     ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
@@ -130,7 +79,7 @@ def make_population_generate_fn(
         del keys  # greedy decoding, as in the paper
         return sampling.generate(
             config, params, ids, mask, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
-            bucket=1, perturbation=perturbations,
+            bucket=1, perturbation=perturbations, fuse_layers=fuse_layers,
         )  # fmt: skip
 
     return generate
@@ -287,8 +236,9 @@ def apply_update(
 
 
 class ESMethod:
-    """ES + AWD: the state is theta_t, replicated over the `pop` mesh; theta_0 lives in host
-    memory (`HostAnchor`) and is streamed into each update."""
+    """ES + AWD: the state is theta_t, replicated over the `pop` mesh axis and split over the
+    `model` axis (esawd.mesh); theta_0 lives in host memory (`HostAnchor`) and is streamed
+    into each update, slice by slice."""
 
     label, unit = "ES", "it"
 
@@ -301,38 +251,56 @@ class ESMethod:
         n = s.es.population_size
         self.num_seeds = n // 2 if s.es.antithetic else n
 
+    def plan(self, ctx: Context) -> memplan.MemoryPlan:
+        """The run's memory plan (`esawd.memplan.es_plan`), before any weight is loaded; it
+        also fixes the members generated together per device (es.members_per_batch=0)."""
+        e = self.es
+        self.memory = memplan.es_plan(
+            ctx.config, prompts=len(ctx.train_examples), width=ctx.prompts.width,
+            max_new_tokens=self.s.task.max_new_tokens, population_size=e.population_size,
+            devices=e.num_devices or jax.device_count(), model_axis=e.model_axis,
+            rank=e.noise_rank, members_per_batch=e.members_per_batch,
+            masters_dtype=self.masters_dtype,
+        )  # fmt: skip
+        return self.memory
+
     def init(self, ctx: Context, model, theta0: Params) -> dict[str, Any]:
         s, config = self.s, ctx.config
-        self.mesh = population_mesh(jax.devices()[: s.es.num_devices or None])
+        self.mesh = mesh_lib.run_mesh(
+            jax.devices()[: s.es.num_devices or None], model_axis=s.es.model_axis
+        )
         rank = s.es.noise_rank
         make = make_population_generate_fn if rank else make_generate_fn
         self.generate_fn = make(
-            config, ctx.prompts.ids, ctx.prompts.mask, max_new_tokens=s.task.max_new_tokens
-        )
-        self.per_batch = s.es.members_per_batch
-        if not self.per_batch and not rank:
-            # Full rank: one member at a time. Each member brings its own weights, so batching
-            # saves no weight reads; vmapped generation measured no faster (docs/benchmarks.md).
-            self.per_batch = 1
-        elif not self.per_batch:  # low rank: as many as fit in this process's first device
-            width = int(np.asarray(ctx.prompts.mask).sum(axis=1).max())
-            need = member_bytes(config, batch=len(ctx.train_examples), width=width,
-                                max_new_tokens=s.task.max_new_tokens, rank=rank)  # fmt: skip
-            item = np.dtype(config.dtype).itemsize
-            self.per_batch = members_per_batch_for(
-                jax.local_devices()[0], member_bytes=need,
-                members=-(-s.es.population_size // self.mesh.size),
-                # theta_t, its update, an anchor slice; the shared compute and decode copies
-                reserved_bytes=(3 * 4 + 2 * item) * config.num_params(),
-                host_bytes=host_memory_bytes(),
-            )  # fmt: skip
+            config, ctx.prompts.ids, ctx.prompts.mask, max_new_tokens=s.task.max_new_tokens,
+            fuse_layers=s.es.model_axis == 1,
+        )  # fmt: skip
+        # Full rank: one member at a time unless set. Each member brings its own weights, so
+        # batching saves no weight reads; vmapped generation measured no faster
+        # (docs/benchmarks.md). Low rank: as many as fit in a device (the plan).
+        memory = getattr(self, "memory", None) or self.plan(ctx)
+        self.per_batch = memory.members_per_batch
 
         def score_fn(tokens, lengths):
             return scoring.score(ctx.task, ctx.tokenizer, tokens, lengths, ctx.train_examples)
 
         self.score_fn = score_fn
         self.anchor = host_anchor(theta0)
-        return {"params": jax.device_put(model.params, NamedSharding(self.mesh, PartitionSpec()))}
+        # replicated over `pop`, split over `model` (esawd.mesh)
+        return {"params": mesh_lib.shard_params(model.params, self.mesh)}
+
+    def compile(self, ctx: Context, state: dict) -> float:
+        """Compile (not run) one group's generation, as the first iteration would; seconds."""
+        e = self.es
+        seeds = np.arange(self.mesh.shape["pop"] * self.per_batch, dtype=np.uint32)
+        t0 = time.perf_counter()
+        compile_population(
+            self.generate_fn, state["params"], seeds[: max(1, len(seeds) // 2)]
+            if e.antithetic else seeds, sigma=e.sigma, antithetic=e.antithetic, mesh=self.mesh,
+            members_per_batch=self.per_batch, noise_sharing=e.noise_sharing, rank=e.noise_rank,
+            factored=e.noise_rank > 0,
+        )  # fmt: skip
+        return time.perf_counter() - t0
 
     def step(self, ctx: Context, state: dict, t: int) -> tuple[dict, dict[str, Any]]:
         e, run = self.es, ctx.run

@@ -88,6 +88,20 @@ def _member_local(fitness, noise_sharing: str, rank: int, members_per_batch):
     return local
 
 
+def _on_mesh(params: Params, mesh: Mesh) -> Params:
+    """`params` on every member of `mesh`: leaves already placed on it (`esawd.mesh.
+    shard_params`, split over `model`) stay as they are; others are replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(put, params)
+
+
 @functools.lru_cache(maxsize=32)
 def _population_fn(
     fitness, mesh: Mesh, axis_name: str, noise_sharing: str, members_per_batch, rank, factored
@@ -106,6 +120,9 @@ def _population_fn(
             PartitionSpec(),
         ),
         out_specs=PartitionSpec(axis_name),
+        # Manual over `pop` only: on a ("pop", "model") mesh each member's program is
+        # partitioned over its `model` devices by XLA (esawd.mesh), from the params' sharding.
+        axis_names={axis_name},
         # Members never communicate; without this, fitness functions that build fresh
         # (device-invariant) loop carries, such as a zero KV cache, fail the varying-axis check.
         check_vma=False,
@@ -113,7 +130,7 @@ def _population_fn(
     return jax.jit(sharded)
 
 
-def evaluate_population(
+def _prepare(
     fitness: Fitness,
     params: Params,
     seeds: Seeds,
@@ -126,23 +143,8 @@ def evaluate_population(
     noise_sharing: str = "none",
     rank: int = 0,
     factored: bool = False,
-) -> Any:
-    """Rewards `fitness(perturb(params, s), key_s)` of every member, sharded over `axis_name`.
-
-    Returns `[N]`, or `[2, K]` with `antithetic=True` (row 0: +eps, row 1: -eps, same key).
-    `fitness` may also return a pytree of arrays (e.g. generated tokens for host-side
-    scoring); each leaf then gains the same leading member axes.
-    Members are padded to a multiple of the axis size and the padding dropped, so N need not
-    divide evenly. `members_per_batch` vmaps that many members at once on each device
-    (default: one at a time). `fitness` should be a stable function object: the compiled
-    evaluation is cached per (fitness, mesh).
-
-    `rank` >= 1 perturbs with low-rank noise (`sample_noise(rank=rank)`). With `factored=True`
-    (low rank only) the perturbed parameters are never formed: `fitness(params, perturbations,
-    keys)` is called once per batch of `members_per_batch` members of a device, with the
-    shared `params`, their `member_perturbation`s stacked on a leading axis [M] and their keys
-    [M], and returns leaves with that leading axis.
-    """
+) -> tuple:
+    """`evaluate_population`'s checks, padding and placement: (fn, args, n, out shape)."""
     _check_noise_sharing(noise_sharing)
     _check_rank(rank)
     if factored and rank < 1:
@@ -167,8 +169,55 @@ def evaluate_population(
     fn = _population_fn(
         fitness, mesh, axis_name, noise_sharing, members_per_batch, int(rank), factored
     )
-    # Every device needs the full parameters; a no-op when they are already replicated.
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    out = fn(params, seeds_p, signs_p, jnp.float32(sigma))
-    shape = (2, k) if antithetic else (n,)
+    args = (_on_mesh(params, mesh), seeds_p, signs_p, jnp.float32(sigma))
+    return fn, args, n, (2, k) if antithetic else (n,)
+
+
+def evaluate_population(
+    fitness: Fitness,
+    params: Params,
+    seeds: Seeds,
+    *,
+    sigma: float,
+    antithetic: bool = False,
+    mesh: Mesh | None = None,
+    axis_name: str = "pop",
+    members_per_batch: int | None = None,
+    noise_sharing: str = "none",
+    rank: int = 0,
+    factored: bool = False,
+) -> Any:
+    """Rewards `fitness(perturb(params, s), key_s)` of every member, sharded over `axis_name`.
+
+    Returns `[N]`, or `[2, K]` with `antithetic=True` (row 0: +eps, row 1: -eps, same key).
+    `fitness` may also return a pytree of arrays (e.g. generated tokens for host-side
+    scoring); each leaf then gains the same leading member axes.
+    Members are padded to a multiple of the axis size and the padding dropped, so N need not
+    divide evenly. On a ("pop", "model") mesh (`esawd.mesh.run_mesh`) a member spans the
+    `model` devices of its row; params placed with `esawd.mesh.shard_params` stay split over
+    them, anything else is replicated. `members_per_batch` vmaps that many members at once on
+    each device (default: one at a time). `fitness` should be a stable function object: the compiled
+    evaluation is cached per (fitness, mesh).
+
+    `rank` >= 1 perturbs with low-rank noise (`sample_noise(rank=rank)`). With `factored=True`
+    (low rank only) the perturbed parameters are never formed: `fitness(params, perturbations,
+    keys)` is called once per batch of `members_per_batch` members of a device, with the
+    shared `params`, their `member_perturbation`s stacked on a leading axis [M] and their keys
+    [M], and returns leaves with that leading axis.
+    """
+    fn, args, n, shape = _prepare(
+        fitness, params, seeds, sigma=sigma, antithetic=antithetic, mesh=mesh, axis_name=axis_name,
+        members_per_batch=members_per_batch, noise_sharing=noise_sharing, rank=rank,
+        factored=factored,
+    )  # fmt: skip
+    out = fn(*args)
     return jax.tree.map(lambda x: x[:n].reshape(*shape, *x.shape[1:]), out)
+
+
+def compile_population(
+    fitness: Fitness, params: Params, seeds: Seeds, **kwargs: Any
+) -> jax.stages.Compiled:
+    """The program `evaluate_population(fitness, params, seeds, **kwargs)` runs, lowered and
+    compiled but not run: for dry runs and `compiled.memory_analysis()`."""
+    fn, args, _, _ = _prepare(fitness, params, seeds, **kwargs)
+    return fn.lower(*args).compile()

@@ -67,20 +67,21 @@ __all__ = [
 
 @dataclasses.dataclass
 class Model:
-    """A loaded model: static config, float32 parameter pytree, transformers tokenizer."""
+    """A loaded model: static config, float32 parameter pytree (None when loaded without its
+    weights), transformers tokenizer."""
 
     config: ModelConfig
-    params: Params
+    params: Params | None
     tokenizer: Any
     source: str = ""
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def _hub_snapshot(repo_id: str, *, weights: bool = True) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub is a requirement
         raise ImportError("loading from the hub needs `pip install huggingface_hub`") from e
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    patterns = ["*.json", "tokenizer*", "*.model", "*.txt"] + (["*.safetensors"] if weights else [])
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
@@ -90,11 +91,11 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from e
 
 
-def _load_hf_dir(directory: Path, *, dtype: str, tokenizer: bool) -> Model:
+def _load_hf_dir(directory: Path, *, dtype: str, tokenizer: bool, weights: bool = True) -> Model:
     from esawd.models import hf
 
     config = hf.read_config(directory, dtype=dtype)
-    params = hf.load_params(directory, config)
+    params = hf.load_params(directory, config) if weights else None
     tok = load_tokenizer(directory) if tokenizer else None
     return Model(config, params, tok, str(directory))
 
@@ -105,8 +106,12 @@ def load(
     dtype: str = "float32",
     cache: str | os.PathLike | None = None,
     tokenizer: bool = True,
+    weights: bool = True,
 ) -> Model:
-    """Load a model by preset name, local HF directory, .gguf file or hub id."""
+    """Load a model by preset name, local HF directory, .gguf file or hub id.
+
+    weights=False reads only the config and the tokenizer (params=None): what a memory plan
+    needs before the weights are loaded (a hub id then fetches only those files)."""
     from esawd.models import embedded, gguf_io
 
     name = str(name_or_path)
@@ -116,14 +121,18 @@ def load(
         if name == "smollm2-135m-instruct":
             directory = embedded.converted_dir(cache=cache)
         else:
-            directory = _hub_snapshot(repo_id)
-        model = _load_hf_dir(directory, dtype=dtype, tokenizer=tokenizer)
+            directory = _hub_snapshot(repo_id, weights=weights)
+        model = _load_hf_dir(directory, dtype=dtype, tokenizer=tokenizer, weights=weights)
         check_matches(preset, model.config, source=f"{directory} (preset {name!r})")
         return model
     if path.is_dir():
-        return _load_hf_dir(path, dtype=dtype, tokenizer=tokenizer)
+        return _load_hf_dir(path, dtype=dtype, tokenizer=tokenizer, weights=weights)
     if path.suffix == ".gguf":
-        config, params = gguf_io.load_gguf(path, dtype=dtype)
+        if weights:
+            config, params = gguf_io.load_gguf(path, dtype=dtype)
+        else:
+            config = gguf_io.read_config(gguf_io._open(path), path=path, dtype=dtype)
+            params = None
         tok = load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
         return Model(config, params, tok, str(path))
     if path.exists():
@@ -131,7 +140,9 @@ def load(
             f"{path} is a file but not a .gguf; pass a Hugging Face model directory instead"
         )
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return _load_hf_dir(_hub_snapshot(name), dtype=dtype, tokenizer=tokenizer)
+        return _load_hf_dir(
+            _hub_snapshot(name, weights=weights), dtype=dtype, tokenizer=tokenizer, weights=weights
+        )
     raise FileNotFoundError(
         f"no model {name!r}: not a preset ({sorted(PRESETS)}), not an existing directory or "
         ".gguf file, and not a hub id of the form 'org/name'"
