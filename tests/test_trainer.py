@@ -445,3 +445,48 @@ def test_errors_after_flag_parsing_keep_their_traceback(tmp_path, tiny_dir):
     assert out.returncode != 0
     assert "is missing from the checkpoint" in out.stderr
     assert "Traceback" in out.stderr and "config error" not in out.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# dry_run and asynchronous checkpoints.
+# ---------------------------------------------------------------------------------------
+
+
+def test_dry_run_plans_compiles_writes_nothing_and_exits_zero(tmp_path, tiny_dir):
+    workdir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--config", "configs/default.py",
+         f"--config.model.name={tiny_dir}", f"--config.workdir={workdir}",
+         "--config.dry_run=True", "--config.es.num_devices=2", "--config.es.model_axis=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Memory plan (ES): 2 device(s), 2 per member" in out.stdout
+    assert "anchor theta_0 (pinned)" in out.stdout
+    assert "the generation compiled in" in out.stdout
+    assert not workdir.exists()  # nothing written, not even the directory
+
+
+def test_grpo_dry_run_in_an_existing_run_directory_changes_nothing(tmp_path, tiny_dir, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine\n")
+    c = tiny_model.tiny_config(workdir, tiny_dir, method="grpo",
+                               **{"dry_run": True, "grpo.model_axis": 2})  # fmt: skip
+    assert train(c) is None
+    out = capsys.readouterr().out
+    assert "Memory plan (GRPO)" in out and "AdamW moments" in out and "compiled in" in out
+    assert [p.name for p in workdir.iterdir()] == ["notes.txt"]
+
+
+def test_async_checkpoints_train_and_resume_like_synchronous_ones(tmp_path, tiny_dir):
+    fast = {"eval.num_examples": 0, "export": False}
+    sync_params = train(tiny_config(tmp_path / "sync", tiny_dir, **fast))
+    async_ = {**fast, "checkpoint.async_save": True}
+    train(tiny_config(tmp_path / "async", tiny_dir, **async_, **{"es.num_iterations": 1}))
+    resumed = train(tiny_config(tmp_path / "async", tiny_dir, **async_))
+    # the same programs on the same inputs; a checkpoint written in the background restores
+    # exactly what was saved
+    assert_bitwise(resumed, sync_params)
+    assert RunDir(tmp_path / "async").all_steps() == RunDir(tmp_path / "sync").all_steps()
