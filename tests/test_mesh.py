@@ -102,11 +102,13 @@ def _assert_close(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("model_axis", [2, 4])
+@pytest.mark.parametrize("model_axis,rank", [(2, 0), (4, 0), (2, 2)])
 def test_es_run_split_over_the_model_axis_equals_one_device(
-    tmp_path, tiny_dir, four_devices, model_axis
+    tmp_path, tiny_dir, four_devices, model_axis, rank
 ):
     base = {"es.population_size": 4, "eval.num_examples": 2}
+    if rank:  # low rank: a device's 2 members decode as one batch over the split weights
+        base |= {"es.noise_rank": rank, "es.members_per_batch": 2}
     one = train(tiny_config(tmp_path / "one", tiny_dir, **base, **{"es.num_devices": 1}))
     split = {"es.num_devices": 4, "es.model_axis": model_axis}
     out = train(tiny_config(tmp_path / "split", tiny_dir, **base, **split))

@@ -169,6 +169,16 @@ def test_small_repro_configs_scale_the_paper_down_as_documented(variant):
         ({"es.population_size": 1}, r"es.population_size=1.*at least 2"),
         ({"es.sigma": 0.0}, r"es.sigma=0.0"),
         ({"task.data_dir": "/no/such/dir"}, r"task.data_dir='/no/such/dir'.*no such directory"),
+        ({"es.model_axis": 3}, r"es.model_axis=3.*divide the 4 devices.*\[1, 2, 4\]"),
+        ({"es.model_axis": 0}, r"es.model_axis=0.*1 or more"),
+        (
+            {
+                "es.precision": "reference_float16",
+                "model.compute_dtype": "float16",
+                "es.model_axis": 2,
+            },
+            r"es.model_axis=2.*one engine's dynamics",
+        ),  # fmt: skip
     ],
 )
 def test_bad_configs_are_refused_before_loading(tmp_path, tiny_dir, monkeypatch, overrides, match):
