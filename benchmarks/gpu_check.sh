@@ -31,8 +31,8 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --cpu) CPU=1; INSTALL=0; CPU_FLAG=" --cpu" ;;
     --no-install) INSTALL=0 ;;
-    --results) RESULTS=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --results) RESULTS=${2:?--results needs a directory}; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (use --cpu, --no-install, --results DIR)" >&2
        exit 2 ;;
   esac
@@ -128,8 +128,8 @@ fi
 for m in "${AXES[@]}"; do
   json=$RESULTS/gpu_iteration_m$m.json
   rm -f "$json"  # a failed run leaves no stale figures
-  run_step "iteration model_axis $m" 360 - \
-    "$PY" -m benchmarks.gpu_iteration "${ITER_ARGS[@]}" --model_axis "$m" --json "$json"
+  run_step "iteration model_axis $m" 360 - "$PY" -m benchmarks.gpu_iteration \
+    ${ITER_ARGS[@]+"${ITER_ARGS[@]}"} --model_axis "$m" --json "$json"
 done
 
 # ---- 4. summary ----------------------------------------------------------------------------

@@ -82,10 +82,11 @@ def decode_step_bytes(
     cache of `prompts` rows at the decode's mean context.
 
     Decode step s = 1 .. new_tokens - 1 attends over prompt_len + s tokens, prompt_len +
-    new_tokens / 2 on average. The cache splits over `model_axis` by KV head when the axis
-    divides them (as `memplan.member_bytes`). Every weight counts once: the tied embedding is
-    read whole as the LM head; an untied model's embedding rows are a gather, counted whole
-    too (as benchmarks/roofline.py)."""
+    new_tokens / 2 on average: the bytes a decode needs, not what `sampling.generate` reads,
+    since it attends over all prompt_len + new_tokens slots (masked) at every step. The cache
+    splits over `model_axis` by KV head when the axis divides them (as `memplan.member_bytes`).
+    Every weight counts once: the tied embedding is read whole as the LM head; an untied
+    model's embedding rows are a gather, counted whole too (as benchmarks/roofline.py)."""
     c = config
     item = np.dtype(c.dtype).itemsize
     weights = c.num_params() * item * memplan.split_fraction(c, model_axis)
@@ -109,7 +110,7 @@ def random_params(config, mesh):
     (`esawd.mesh`): a 1.5B model never passes through host memory."""
     key = jax.random.key(0)
     shapes = jax.eval_shape(lambda k: models.init_params(config, k), key)
-    shardings = mesh_lib.param_shardings(shapes, mesh)
+    shardings = mesh_lib.param_shardings(shapes, mesh, config=config)
     return jax.jit(lambda k: models.init_params(config, k), out_shardings=shardings)(key)
 
 

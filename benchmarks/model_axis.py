@@ -169,7 +169,7 @@ def compile_member(
     device, its collectives and the compile seconds."""
     mesh = mesh_lib.run_mesh(jax.devices()[:model_axis], model_axis=model_axis)
     shapes = jax.eval_shape(lambda k: models.init_params(config, k), jax.random.key(0))
-    shardings = mesh_lib.param_shardings(shapes, mesh, layout=layout)
+    shardings = mesh_lib.param_shardings(shapes, mesh, layout=layout, config=config)
     params = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
@@ -187,7 +187,9 @@ def compile_member(
         "model_axis": model_axis, "layout": layout, "fuse_layers": fuse, "compile_s": seconds,
         "memory_bytes": memory, "argument_bytes": m.argument_size_in_bytes,
         "temp_bytes": m.temp_size_in_bytes,
-        "split_fraction": mesh_lib.split_fraction(shapes, model_axis=model_axis, layout=layout),
+        "split_fraction": mesh_lib.split_fraction(
+            shapes, model_axis=model_axis, layout=layout, config=config
+        ),
         **found,
     }  # fmt: skip
 
@@ -197,7 +199,7 @@ def time_member(config, *, model_axis: int, layout: str, prompts: int, prompt_le
     """Run one member's generation of `config` in `layout` (compile, then a timed run): seconds
     and its tokens, for comparison across layouts."""
     mesh = mesh_lib.run_mesh(jax.devices()[:model_axis], model_axis=model_axis)
-    params = mesh_lib.shard_params(random_params(config, mesh), mesh, layout=layout)
+    params = mesh_lib.shard_params(random_params(config, mesh), mesh, layout=layout, config=config)
     gen = _generate_fn(config, prompts=prompts, prompt_len=prompt_len, new_tokens=new_tokens,
                        fuse=model_axis == 1)  # fmt: skip
     seeds = np.zeros(1, np.uint32)

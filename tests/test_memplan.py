@@ -23,7 +23,7 @@ def _compiled_bytes(config, *, model_axis, prompts, width, max_new_tokens):
     outputs, less what is aliased (`compiled.memory_analysis()`); nothing is run."""
     shapes = jax.eval_shape(lambda k: models.init_params(config, k), jax.random.key(0))
     mesh = mesh_lib.run_mesh(jax.devices()[:model_axis], model_axis=model_axis)
-    shardings = mesh_lib.param_shardings(shapes, mesh)
+    shardings = mesh_lib.param_shardings(shapes, mesh, config=config)
     params = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )

@@ -63,6 +63,22 @@ def test_tensor_layout_splits_heads_mlp_and_vocabulary():
     assert mesh.split_fraction(shapes, model_axis=2) == pytest.approx(expected)
 
 
+def test_attention_splits_along_whole_heads_only():
+    # SmolLM2-135M's 9 query and 3 KV heads: a cut head would be gathered at every decode step
+    # (benchmarks/model_axis.py), so attention stays whole and the MLP and vocabulary split
+    c = _config(vocab_size=128, n_heads=6, n_kv_heads=3, head_dim=8)
+    specs = mesh.param_specs(models.param_shapes(c), model_axis=2, config=c)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert specs["layers"]["attn"][name]["kernel"] == P()
+    assert specs["layers"]["attn"]["q_proj"]["bias"] == P()
+    assert specs["layers"]["mlp"]["up_proj"]["kernel"] == P(None, None, "model")
+    assert specs["embed"]["embedding"] == P("model", None)
+    # 4 heads and 2 KV heads divide by 2: attention splits too
+    even = _config(vocab_size=128)
+    specs = mesh.param_specs(models.param_shapes(even), model_axis=2, config=even)
+    assert specs["layers"]["attn"]["k_proj"]["kernel"] == P(None, None, "model")
+
+
 def test_run_mesh_shapes_and_refusals(four_devices):
     m = mesh.run_mesh(four_devices, model_axis=2)
     assert dict(m.shape) == {"pop": 2, "model": 2}

@@ -363,8 +363,8 @@ class GRPOMethod:
     def init(self, ctx: Context, model: models.Model, theta0: Params) -> dict[str, Any]:
         m = self.g.model_axis
         self.mesh = mesh_lib.run_mesh(jax.devices()[:m], model_axis=m)  # one "pop" row
-        self.ref_params = mesh_lib.shard_params(theta0, self.mesh)
-        params = mesh_lib.shard_params(model.params, self.mesh)
+        self.ref_params = mesh_lib.shard_params(theta0, self.mesh, config=ctx.config)
+        params = mesh_lib.shard_params(model.params, self.mesh, config=ctx.config)
         # jitted, so AdamW's moments are split like the parameters they follow
         return {"params": params, "opt_state": jax.jit(self.optimizer.init)(params)}
 

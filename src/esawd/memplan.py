@@ -61,7 +61,8 @@ def split_fraction(config, model_axis: int) -> float:
     """The share of the parameters one device of a member holds (`esawd.mesh`)."""
     if model_axis == 1:
         return 1.0
-    return mesh_lib.split_fraction(models.param_shapes(config), model_axis=model_axis)
+    shapes = models.param_shapes(config)
+    return mesh_lib.split_fraction(shapes, model_axis=model_axis, config=config)
 
 
 def member_bytes(
@@ -75,7 +76,9 @@ def member_bytes(
     c = config
     item = np.dtype(c.dtype).itemsize
     slots = width + max_new_tokens
-    heads = model_axis if c.n_kv_heads % model_axis == 0 else 1  # the cache splits by KV head
+    # the cache and the scores split by head when attention does (esawd.mesh)
+    split = c.n_heads % model_axis == 0 and c.n_kv_heads % model_axis == 0
+    heads = model_axis if split else 1
     if rank:
         # float32 factors, compute-dtype copies, the decode layout's fused (block) factors
         params = perturbation_elements(c, rank) * (4 + 3 * item)
@@ -247,7 +250,7 @@ def grpo_plan(
     c, frac = config, split_fraction(config, model_axis)
     n, item = c.num_params(), np.dtype(c.dtype).itemsize
     slots = width + max_new_tokens
-    heads = model_axis if c.n_kv_heads % model_axis == 0 else 1
+    heads = model_axis if c.n_heads % model_axis == 0 and c.n_kv_heads % model_axis == 0 else 1
     cache = 2 * c.n_layers * generate_batch * c.n_kv_heads * c.head_dim * slots * item / heads
     acts = micro_batch * slots * c.n_layers * (8 * c.d_model + 3 * c.d_ff / model_axis) * item
     acts += micro_batch * c.n_heads / heads * slots * slots * 4 * 2  # one layer's scores

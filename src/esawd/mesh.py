@@ -1,27 +1,28 @@
 """The device mesh of a run, `pop` x `model`, and where each parameter lives on it.
 
     mesh = run_mesh(jax.devices(), model_axis=2)       # [devices / 2, 2], ("pop", "model")
-    params = shard_params(params, mesh)                # tensor parallel over `model`
+    params = shard_params(params, mesh, config=config) # tensor parallel over `model`
 
 Population members spread over `pop`; each member spans the `model` devices of its row, which
 hold one slice of every large weight. Two layouts of that slice (`LAYOUTS`):
 
 - "tensor" (Megatron-LM, Shoeybi et al. 2019): q/k/v and gate/up split by output columns
-  (heads, MLP width), o and down by input rows, the embedding and LM head by vocabulary. A
-  layer's attention and MLP each end in one all-reduce of activations [B, T, D]; the KV cache
-  splits by KV head with the heads.
-- "fsdp": every matrix split along its larger dimension, gathered whole before each use.
+  (whole heads, MLP width), o and down by input rows, the embedding and LM head by
+  vocabulary. A layer's attention and MLP each end in one all-reduce of activations; the KV
+  cache splits by KV head with the heads. Attention is split only when the axis divides both
+  the query and the KV heads (with `config`); otherwise it stays whole and only the MLP and
+  the vocabulary split, since a head cut in two is gathered again at every decode step.
+- "fsdp": every matrix split along its larger dimension.
 
-Generation reads every weight once per token, so under "fsdp" each decode step all-gathers
-the whole model, while "tensor" moves only activations: on 4 faked CPU devices one tiny-model
-generation compiles to 12 all-reduces and no gathers under "tensor", against a gather of every
-weight in every decode step under "fsdp" (benchmarks/model_axis.py, docs/benchmarks.md). Runs
-use "tensor". A dimension the axis does not divide stays whole (replicated), which is correct
-but uses more memory; `memory_plan` counts it.
+Measured (benchmarks/model_axis.py, docs/benchmarks.md): one member's compiled generation on 4
+faked CPU devices holds the same memory per device under both, but "tensor" moves less per
+decode step (Qwen2.5-0.5B at model_axis 2: 2.7 MB per device against 5.9 MB under "fsdp", 2
+all-reduces per layer and no gathers). Runs use "tensor". A dimension the axis does not divide
+stays whole (replicated), which is correct but uses more memory; `esawd.memplan` counts it.
 
 Everything else is left to XLA's SPMD partitioner (GSPMD): the programs are the same for one
-device or many, and a sharded member computes what an unsharded one does, to the rounding of
-its split matmul sums.
+device or many, and a split member computes what an unsplit one does, to the rounding of its
+split matmul sums.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ LAYOUTS = ("tensor", "fsdp")
 # Tensor-parallel roles by parameter name: split the output columns, or the input rows.
 _COLUMNS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")
 _ROWS = ("o_proj", "down_proj")
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def run_mesh(devices: Sequence[jax.Device] | None = None, *, model_axis: int = 1) -> Mesh:
@@ -82,18 +84,25 @@ def _dims(name: str, shape: tuple[int, ...], stacked: bool, layout: str) -> tupl
     return ()
 
 
-def param_specs(params: Params, *, model_axis: int, layout: str = "tensor") -> Any:
+def param_specs(params: Params, *, model_axis: int, layout: str = "tensor", config=None) -> Any:
     """The PartitionSpec of every leaf of `params` (arrays or shapes) on a ("pop", "model")
     mesh with `model_axis` devices per member: replicated over `pop`, split over `model` as
-    `layout` says; a dimension `model_axis` does not divide stays whole."""
+    `layout` says; a dimension `model_axis` does not divide stays whole. With the model's
+    `config`, "tensor" splits attention only along whole query and KV heads."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is unknown; use one of {LAYOUTS}.")
+    whole_heads = config is None or (
+        config.n_heads % model_axis == 0 and config.n_kv_heads % model_axis == 0
+    )
 
     def spec(path, x) -> PartitionSpec:
         shape = tuple(x) if isinstance(x, tuple) else tuple(np.shape(x))
         if model_axis == 1:
             return PartitionSpec()
         name = _name(path)
+        parts = name.split("/")
+        if layout == "tensor" and not whole_heads and len(parts) > 1 and parts[-2] in _ATTENTION:
+            return PartitionSpec()
         stacked = name.startswith("layers/")
         for d in _dims(name, shape, stacked, layout):
             if shape[d] % model_axis == 0:
@@ -107,19 +116,20 @@ def param_specs(params: Params, *, model_axis: int, layout: str = "tensor") -> A
     )
 
 
-def param_shardings(params: Params, mesh: Mesh, *, layout: str = "tensor") -> Any:
+def param_shardings(params: Params, mesh: Mesh, *, layout: str = "tensor", config=None) -> Any:
     """The NamedSharding of every leaf of `params` on `mesh` (`param_specs`)."""
-    specs = param_specs(params, model_axis=model_axis_size(mesh), layout=layout)
+    specs = param_specs(params, model_axis=model_axis_size(mesh), layout=layout, config=config)
     return jax.tree.map(
         lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
 
 
-def shard_params(params: Params, mesh: Mesh, *, layout: str = "tensor") -> Params:
-    """`params` placed on `mesh`: replicated over `pop`, split over `model` (`param_specs`).
+def shard_params(params: Params, mesh: Mesh, *, layout: str = "tensor", config=None) -> Params:
+    """`params` placed on `mesh`: replicated over `pop`, split over `model` (`param_specs`;
+    pass the model's `config` so attention splits along whole heads only).
 
     Host (numpy) leaves go to each device as their own slice only."""
-    shardings = param_shardings(params, mesh, layout=layout)
+    shardings = param_shardings(params, mesh, layout=layout, config=config)
     return jax.tree.map(_put, params, shardings)
 
 
@@ -136,11 +146,13 @@ def model_axis_size(mesh: Mesh) -> int:
     return int(dict(mesh.shape).get("model", 1))
 
 
-def split_fraction(params: Params, *, model_axis: int, layout: str = "tensor") -> float:
+def split_fraction(
+    params: Params, *, model_axis: int, layout: str = "tensor", config=None
+) -> float:
     """The share of the parameters one device of a member holds: 1 / model_axis for split
     leaves, 1 for those left whole."""
     flat = jax.tree_util.tree_leaves(
-        param_specs(params, model_axis=model_axis, layout=layout),
+        param_specs(params, model_axis=model_axis, layout=layout, config=config),
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
     sizes = [

@@ -287,7 +287,7 @@ class ESMethod:
         self.score_fn = score_fn
         self.anchor = host_anchor(theta0)
         # replicated over `pop`, split over `model` (esawd.mesh)
-        return {"params": mesh_lib.shard_params(model.params, self.mesh)}
+        return {"params": mesh_lib.shard_params(model.params, self.mesh, config=ctx.config)}
 
     def compile(self, ctx: Context, state: dict) -> float:
         """Compile (not run) one group's generation, as the first iteration would; seconds."""
