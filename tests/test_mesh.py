@@ -1,9 +1,6 @@
 """The `model` mesh axis (esawd.mesh): where parameters live, and that a member split over
 several devices computes what one device does (ES and GRPO, one process and two)."""
 
-import os
-import socket
-import subprocess
 from pathlib import Path
 
 import jax
@@ -156,22 +153,9 @@ def test_grpo_step_split_over_the_model_axis_equals_one_device(tmp_path, tiny_di
 def test_two_processes_split_over_the_model_axis_equal_one_device(tmp_path, tiny_dir):
     overrides = {"es.population_size": 4, "eval.num_examples": 2}
     one = train(tiny_config(tmp_path / "one", tiny_dir, **overrides, **{"es.num_devices": 1}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     workdir = tmp_path / "two"
     # 2 processes x 2 CPU devices; model_axis=4: each member spans both processes
-    split = {"es.num_devices": 4, "es.model_axis": 4, "distributed.enabled": True,
-             "distributed.coordinator_address": f"127.0.0.1:{port}",
-             "distributed.num_processes": 2, "distributed.cpu_devices": 2}  # fmt: skip
-    args = tiny_model.tiny_command(workdir, tiny_dir, **overrides, **split)
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-    procs = [
-        subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for i in range(2)
-    ]  # fmt: skip
-    errors = [p.communicate(timeout=600)[1].decode()[-3000:] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+    split = {"es.num_devices": 4, "es.model_axis": 4}
+    tiny_model.train_two_processes(workdir, tiny_dir, **overrides, **split)
     assert _rewards(workdir) == _rewards(tmp_path / "one")
     _assert_close(models.load(workdir / "final").params, one)

@@ -379,32 +379,14 @@ def test_no_held_out_examples_when_eval_is_off():
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 2])  # full-rank noise; low rank, 2 members per batch
 def test_two_processes_equal_one(tmp_path, tiny_dir, rank):
-    import socket
 
     overrides = {"es.population_size": 6, "eval.num_examples": 2, "es.num_devices": 4}
     if rank:
         overrides |= {"es.noise_rank": rank, "es.members_per_batch": 2}
     one = train(tiny_config(tmp_path / "one", tiny_dir, **overrides))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     workdir = tmp_path / "two"
-    distributed = {
-        "distributed.enabled": True,
-        "distributed.coordinator_address": f"127.0.0.1:{port}",
-        "distributed.num_processes": 2,
-    }
     # 2 processes x distributed.cpu_devices=2 make the 4 devices es.num_devices asks for
-    args = tiny_model.tiny_command(workdir, tiny_dir, **overrides, **distributed,
-                                   **{"distributed.cpu_devices": 2})  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-    procs = [
-        subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for i in range(2)
-    ]  # fmt: skip
-    errors = [p.communicate(timeout=600)[1].decode()[-3000:] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+    tiny_model.train_two_processes(workdir, tiny_dir, **overrides)
     # two processes vs one: bitwise for the reason in test_sharded_over_four_devices_equals_one
     assert_bitwise(models.load(workdir / "final").params, one)
     rows = RunDir(workdir).metrics.rows()

@@ -133,6 +133,31 @@ def tiny_command(workdir, model_dir, **overrides) -> list[str]:
             "--config", str(root / "configs" / "default.py"), *flags]  # fmt: skip
 
 
+def train_two_processes(workdir, model_dir, **overrides) -> None:
+    """Run tiny_config(workdir, model_dir, **overrides) as two `jax.distributed` processes on
+    loopback, each with 2 CPU devices (4 in all), and assert that both exit 0."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    distributed = {"distributed.enabled": True, "distributed.num_processes": 2,
+                   "distributed.coordinator_address": f"127.0.0.1:{port}",
+                   "distributed.cpu_devices": 2}  # fmt: skip
+    args = tiny_command(workdir, model_dir, **overrides, **distributed)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    procs = [
+        subprocess.Popen(args + [f"--config.distributed.process_id={i}"],
+                         cwd=Path(__file__).resolve().parents[1], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=600)[1].decode()[-3000:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+
+
 def tiny_train(c):
     """Train the config `c` (ES or GRPO) in this process; returns the final parameters."""
     from esawd import settings
