@@ -375,3 +375,39 @@ def test_toy_notebook_executes(tmp_path):
         tmp_path,
     )
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_changes_table_and_findings_figure(tmp_path, tiny_dir):
+    """Per-example rows: each task's change paired example by example, Wilson intervals,
+    Newcombe's interval and McNemar's p; a change is called only when its interval excludes 0."""
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.5  # the same 400 examples at t = 0 ...
+    gained = base | (rng.random(400) < 0.2)  # ... most kept, about 10 % newly right
+    noisy = base ^ (rng.random(400) < 0.02)  # a few flipped either way
+    workdirs = []
+    for name, after in (("up", gained), ("same", noisy)):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        c = tiny_config(workdir, tiny_dir)
+        (workdir / "config.json").write_text(json.dumps(c.to_dict()))
+        rows = [{"iteration": t, "task": "piqa", "accuracy": float(np.mean(x)),
+                 "correct": x.astype(int).tolist(), "num_examples": 400}
+                for t, x in ((0, base), (12, after))]  # fmt: skip
+        (workdir / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        drift = {"iteration": 12, "frobenius": 1.0, "relative": 0.1, "per_module": {}}
+        (workdir / analysis.DRIFT_FILE).write_text(json.dumps(drift) + "\n")
+        workdirs.append(workdir)
+    runs = figures.load_runs(workdirs)
+    up = analysis.stats.paired_difference(base, gained)
+    assert up["lost"] == 0 and up["diff_ci"][0] > 0
+    table = figures.paired_change_table(runs)
+    lines = table.splitlines()
+    assert lines[2].split(" | ")[6].startswith(f"**{100 * up['diff']:+.1f} [")  # called
+    assert not lines[3].split(" | ")[6].startswith("**")  # within noise: not called
+    lo, hi = up["after_ci"]
+    assert f"{100 * up['after']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in lines[2]
+    assert f"{up['p_mcnemar']:.2g}" in lines[2] and f"+{up['gained']}/-0" in lines[2]
+    names = ["findings", "paired_changes"]
+    written = figures.write_figures(workdirs, tmp_path / "out", names=names, log=lambda _: None)
+    assert {p.name for p in written} == {"findings.png", "paired_changes.md", "paired_changes.tex"}
+    assert (tmp_path / "out" / "paired_changes.md").read_text() == table

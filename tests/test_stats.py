@@ -80,3 +80,23 @@ def test_paired_difference_covers_the_true_change_about_95_percent():
 def test_paired_difference_refuses_unpaired_input():
     with pytest.raises(ValueError, match="same examples"):
         stats.paired_difference([1, 0], [1, 0, 1])
+
+
+def test_examples_needed_for_a_3_point_change_and_its_power_by_simulation():
+    # a 3-point change when 10 % of the examples flip: (1.95996 sqrt(.1) + 0.84162
+    # sqrt(.0991))^2 / .0009 = (0.61979 + 0.26495)^2 / .0009 = 869.8 -> 870 examples
+    # (Connor 1987's formula, worked by hand)
+    n = stats.examples_needed(0.03, 0.10)
+    assert n == 870
+    assert stats.mcnemar_power(n, 0.03, 0.10) == pytest.approx(0.80, abs=0.005)
+    assert stats.mcnemar_power(200, 0.03, 0.10) < 0.3  # 200 examples: mostly missed
+    # simulated: each example gains with p (d + c) / 2 and loses with p (d - c) / 2
+    rng = np.random.default_rng(0)
+    gains = rng.binomial(n, (0.10 + 0.03) / 2, size=800)
+    losses = rng.binomial(n - gains, (0.10 - 0.03) / 2 / (1 - (0.10 + 0.03) / 2))
+    detected = np.mean(
+        [stats.mcnemar_p(int(b), int(c)) < 0.05 for b, c in zip(losses, gains, strict=True)]
+    )
+    assert 0.72 < detected < 0.88  # the exact test is a little conservative
+    with pytest.raises(ValueError, match="change=0.2, discordant=0.1"):
+        stats.examples_needed(0.2, 0.1)

@@ -111,6 +111,19 @@ class Run:
     def last_drift(self) -> dict[str, Any] | None:
         return max(self.drift, key=lambda r: r["iteration"]) if self.drift else None
 
+    def paired_change(self, task: str) -> dict[str, Any] | None:
+        """The first and the last evaluation of `task` compared example by example
+        (`analysis.stats.paired_difference`: Wilson intervals, Newcombe's interval of the
+        change, McNemar's p); None without two evaluations that kept per-example results."""
+        rows = sorted(
+            (r for r in self.forgetting if r["task"] == task and "correct" in r),
+            key=lambda r: r["iteration"],
+        )
+        if len(rows) < 2 or len(rows[0]["correct"]) != len(rows[-1]["correct"]):
+            return None
+        d = analysis.stats.paired_difference(rows[0]["correct"], rows[-1]["correct"])
+        return {"from": rows[0]["iteration"], "to": rows[-1]["iteration"], **d}
+
     def accuracy_change(self, task: str) -> float | None:
         """Accuracy at the last evaluated iteration minus at the first (the base model at 0);
         None with fewer than two evaluated iterations."""
@@ -288,6 +301,49 @@ def plot_lambda_ablation(runs: Sequence[Run]) -> plt.Figure:
     ax.set(xlabel="AWD lambda (0: plain ES)", ylabel="accuracy",
            title="Lambda ablation (dotted: base model)")  # fmt: skip
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_findings(runs: Sequence[Run]) -> plt.Figure:
+    """The three findings side by side, one column per run: (a) every task's change from the
+    first to the last evaluation with Newcombe's paired 95 % interval (the target starred,
+    prior tasks dotted), (b) the final weight drift, (c) the final KL(base || tuned), averaged
+    over the prior tasks (the paper's Figures 1, 4 and 5 in one)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    x = np.arange(len(runs))
+    tasks = _task_order(_ordered_union([r.tasks for r in runs]))
+    targets = {r.target for r in runs}
+    ax = axes[0]
+    width = 0.7 / max(len(tasks), 1)
+    for j, task in enumerate(tasks):
+        pts = [(i, run.paired_change(task)) for i, run in enumerate(runs)]
+        pts = [(i, d) for i, d in pts if d is not None]
+        if not pts:
+            continue
+        xs = np.array([i for i, _ in pts]) + (j - (len(tasks) - 1) / 2) * width
+        mid = np.array([100 * d["diff"] for _, d in pts])
+        lo = mid - np.array([100 * d["diff_ci"][0] for _, d in pts])
+        hi = np.array([100 * d["diff_ci"][1] for _, d in pts]) - mid
+        star, name = task in targets, _TABLE_NAMES.get(task, _nice(task))
+        ax.errorbar(xs, mid, yerr=[lo, hi], fmt="*" if star else "o", ms=8 if star else 5,
+                    capsize=3, color=f"C{j}", label=name)  # fmt: skip
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set(ylabel="accuracy change (points), paired 95 % CI", title="(a) Target and prior tasks")
+    ax.legend(fontsize=8)
+    drift = [r.last_drift()["frobenius"] if r.drift else np.nan for r in runs]
+    axes[1].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
+    axes[1].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(b) Weight drift")
+    kls = []
+    for r in runs:
+        last = {row["task"]: row["kl"] for row in r.kl
+                if row["iteration"] == max((q["iteration"] for q in r.kl), default=0)}  # fmt: skip
+        prior = [v for t, v in last.items() if t != r.target]
+        kls.append(np.mean(prior) if prior else np.nan)
+    axes[2].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
+    axes[2].set(ylabel="nats / token", title="(c) KL(base || tuned), prior-task prompts")
+    for a in axes:
+        a.set_xticks(x, [r.label for r in runs], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -849,6 +905,11 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
         "no weight_drift.jsonl",
     ),
     "kl_heatmap": (plot_kl_heatmap, lambda rs: any(r.kl for r in rs), "no kl.jsonl"),
+    "findings": (
+        plot_findings,
+        lambda rs: any(r.paired_change(t) is not None for r in rs for t in r.tasks),
+        "no run has a task evaluated twice with per-example results",
+    ),
     "population_size": (
         plot_population_size,
         lambda rs: any(r.method == "es" and r.lam == 0 and r.drift for r in rs),
@@ -876,11 +937,63 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
     ),
 }
 
+
 # The tables: name -> (has_data(runs), reason); written as <name>.md and <name>.tex.
-TABLES: dict[str, tuple[Callable[[Sequence[Run]], bool], str]] = {
+def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
+    """Every run's first and last evaluation of every task, paired example by example:
+    accuracy with its Wilson 95 % interval, the change in points with Newcombe's paired 95 %
+    interval, gained/lost examples and McNemar's exact p. A change is called (bold in
+    markdown) only when its interval excludes 0. fmt: 'markdown' or 'latex'."""
+    if fmt not in ("markdown", "latex"):
+        raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    ci = lambda lo, hi: f"[{pct(lo)}, {pct(hi)}]"  # noqa: E731
+    head = ["Run", "Task", "n", "t", "Before", "After", "Change (points)", "+/-", "McNemar p"]
+    body = []
+    for run in runs:
+        for task in run.tasks:
+            d = run.paired_change(task)
+            if d is None:
+                continue
+            lo, hi = d["diff_ci"]
+            change = f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            if lo > 0 or hi < 0:
+                change = f"**{change}**" if fmt == "markdown" else f"\\textbf{{{change}}}"
+            body.append([
+                run.label, _TABLE_NAMES.get(task, _nice(task)), str(d["n"]),
+                f"{d['from']}→{d['to']}" if fmt == "markdown" else f"{d['from']}--{d['to']}",
+                f"{pct(d['before'])} {ci(*d['before_ci'])}",
+                f"{pct(d['after'])} {ci(*d['after_ci'])}",
+                change, f"+{d['gained']}/-{d['lost']}", f"{d['p_mcnemar']:.2g}",
+            ])  # fmt: skip
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + "\n"
+    lines = [
+        "% Accuracy (%) with Wilson 95 % intervals; change with Newcombe's paired interval.",
+        "\\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
+        "\\toprule",
+        " & ".join(_latex_text(h) for h in head) + " \\\\",
+        "\\midrule",
+        *[" & ".join([_latex_text(c[0]), _latex_text(c[1]), *c[2:]]) + " \\\\" for c in body],
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Each table: (writer(runs, fmt), has_data(runs), reason when it has none).
+TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str]] = {
     "accuracy_change": (
+        accuracy_change_table,
         lambda rs: any(r.accuracy_change(t) is not None for r in rs for t in r.tasks),
         "no run has a task evaluated at two iterations",
+    ),
+    "paired_changes": (
+        paired_change_table,
+        lambda rs: any(r.paired_change(t) is not None for r in rs for t in r.tasks),
+        "no run has a task evaluated twice with per-example results",
     ),
 }
 
@@ -897,13 +1010,13 @@ def write_tables(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES if names is None else names:
-        has_data, reason = TABLES[name]
+        table, has_data, reason = TABLES[name]
         if not has_data(runs):
             log(f"skipped {name}: {reason}")
             continue
         for fmt, ext in (("markdown", "md"), ("latex", "tex")):
             path = out / f"{name}.{ext}"
-            path.write_text(accuracy_change_table(runs, fmt=fmt))
+            path.write_text(table(runs, fmt=fmt))
             written.append(path)
             log(f"wrote {path}")
     return written

@@ -32,7 +32,13 @@ from esawd.analysis.forgetting import (
     task_examples,
 )
 from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
-from esawd.analysis.stats import mcnemar_p, paired_difference, wilson_interval
+from esawd.analysis.stats import (
+    examples_needed,
+    mcnemar_p,
+    mcnemar_power,
+    paired_difference,
+    wilson_interval,
+)
 from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
 
 __all__ = [
@@ -54,7 +60,9 @@ __all__ = [
     "has_tied_head",
     "kl_divergence",
     "log_probs",
+    "examples_needed",
     "mcnemar_p",
+    "mcnemar_power",
     "module_of",
     "paired_difference",
     "read_run_config",

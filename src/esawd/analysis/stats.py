@@ -9,8 +9,15 @@
   with the phi correlation of the pairs, no continuity correction), and McNemar's exact
   two-sided p-value (the binomial test on the discordant pairs).
 
+- `examples_needed(change, discordant)` / `mcnemar_power(n, change, discordant)`: how many
+  paired examples McNemar's test needs to detect a change in accuracy, given the share of
+  examples expected to flip (Connor 1987, "Sample size for testing differences in proportions
+  for the paired-sample design"), for sizing an experiment before running it.
+
 Pairing matters: the same held-out examples are scored at the start and at the end, so most
 examples agree and the change is far less noisy than two independent accuracies would be.
+Wilson's interval and McNemar's exact test are scipy's (`scipy.stats.binomtest`); Newcombe's
+paired interval and Connor's sample size are not in scipy and are written out here.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
@@ -28,21 +36,48 @@ def wilson_interval(k: int, n: int, *, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for k successes out of n (default: 95 %)."""
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    confidence = 1.0 - 2.0 * sps.norm.sf(z)
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def mcnemar_p(b: int, c: int) -> float:
     """McNemar's exact two-sided p-value for b and c discordant pairs (binomial, p = 1/2)."""
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    return float(sps.binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
+def examples_needed(
+    change: float, discordant: float, *, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Paired examples McNemar's test needs to detect an accuracy change of `change` (e.g.
+    0.03) with probability `power` at level `alpha`, when a share `discordant` of the examples
+    flips between the two models (Connor 1987, normal approximation)."""
+    _check_design(change, discordant)
+    za, zb = sps.norm.isf(alpha / 2), sps.norm.isf(1 - power)
+    root = za * math.sqrt(discordant) + zb * math.sqrt(discordant - change**2)
+    return math.ceil(root**2 / change**2)
+
+
+def mcnemar_power(n: int, change: float, discordant: float, *, alpha: float = 0.05) -> float:
+    """The probability that McNemar's test on `n` paired examples detects a change of
+    `change` when a share `discordant` of them flips (Connor 1987; the inverse of
+    `examples_needed`)."""
+    _check_design(change, discordant)
+    za = sps.norm.isf(alpha / 2)
+    z = (abs(change) * math.sqrt(n) - za * math.sqrt(discordant)) / math.sqrt(
+        discordant - change**2
+    )
+    return float(sps.norm.cdf(z))
+
+
+def _check_design(change: float, discordant: float) -> None:
+    if not (0 < abs(change) < discordant <= 1):
+        raise ValueError(
+            f"need 0 < |change| < discordant <= 1 (a change comes from flipped examples), got "
+            f"change={change}, discordant={discordant}"
+        )
 
 
 def paired_difference(

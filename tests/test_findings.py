@@ -1,0 +1,55 @@
+"""configs/findings.py (the three findings' arms) and experiments/findings.py (the runner)."""
+
+import json
+
+import pytest
+
+from configs import findings
+from esawd import analysis, settings
+from experiments import findings as runner
+
+
+@pytest.mark.parametrize("arm", list(findings.ARMS))
+def test_every_arm_is_a_valid_run_with_the_shared_design(arm):
+    s = settings.from_config(findings.get_config(f"{arm}_s1"))
+    settings.check(s)
+    assert (s.model.name, s.task.name, s.task.num_train) == ("smollm2-135m-instruct", "rules", 16)
+    if s.method == "es":
+        method, n, rank, kind, lam = findings.ARMS[arm]
+        assert (s.es.population_size, s.es.noise_rank, s.awd.kind) == (n, rank, kind)
+        assert (s.es.num_iterations, s.es.sigma, s.es.alpha, s.es.seed) == (12, 1e-3, 2e-3, 1)
+    else:  # GRPO's sampled completions match ES at N = 4: 4 members x 16 prompts x 12
+        g = s.grpo
+        assert g.prompts_per_step * g.group_size * g.num_steps == 4 * 16 * 12
+        assert g.seed == 1
+
+
+def test_awd_shrinks_the_walk_as_the_papers_does():
+    _, _, _, _, lam = findings.ARMS["awd_n4"]
+    c = 2e-3 * lam  # alpha * lam
+    ratio = (1 - c) * ((1 - (1 - c) ** 24) / (12 * (1 - (1 - c) ** 2))) ** 0.5
+    assert round(ratio, 2) == 0.46  # the docstring's claim; the paper's c=0.005, T=500: 0.44
+
+
+def test_arm_names_and_seeds():
+    assert findings.parse("es_n16_full_s3") == ("es_n16_full", 3)
+    assert findings.parse("grpo") == ("grpo", 0)
+    with pytest.raises(ValueError, match="es_n8 is not an arm"):
+        findings.get_config("es_n8")
+
+
+def test_base_rows_are_shared_only_between_equal_evaluations(tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    wanted = {"num_examples": 8, "max_new_tokens": {"piqa": 8}}
+    (a / "evaluate.json").write_text(json.dumps(wanted))
+    (c / "evaluate.json").write_text(json.dumps({**wanted, "num_examples": 9}))
+    rows = [{"iteration": 0, "task": "piqa", "accuracy": 0.5, "correct": [1, 0]},
+            {"iteration": 12, "task": "piqa", "accuracy": 1.0, "correct": [1, 1]}]  # fmt: skip
+    for d in (a, c):
+        (d / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.share_base_rows(b, [a, b, c], wanted) == 1  # a's base row; c's differ
+    got = [json.loads(x) for x in (b / analysis.FORGETTING_FILE).read_text().splitlines()]
+    assert got == rows[:1]
+    assert runner.share_base_rows(b, [a, b, c], wanted) == 0  # already there
