@@ -115,18 +115,40 @@ def _assert_close(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=2e-6)
 
 
+BASE = {"es.population_size": 4, "eval.num_examples": 2}
+LOW_RANK = {"es.noise_rank": 2, "es.members_per_batch": 2}  # a device's 2 members as one batch
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, tiny_dir):
+    """{rank: (workdir, final params)} of ES on one device, full and low rank, trained once."""
+    from trainer_driver import patch_reward
+
+    from esawd.tasks.countdown import Countdown
+
+    original = Countdown.reward
+    patch_reward()  # as the autouse fixture does for each test (module scope runs before it)
+    try:
+        out = {}
+        for rank in (0, 2):
+            workdir = tmp_path_factory.mktemp("one") / "run"
+            extra = LOW_RANK if rank else {}
+            c = tiny_config(workdir, tiny_dir, **BASE, **extra, **{"es.num_devices": 1})
+            out[rank] = (workdir, train(c))
+        return out
+    finally:
+        Countdown.reward = original
+
+
 @pytest.mark.parametrize("model_axis,rank", [(2, 0), (4, 0), (2, 2)])
 def test_es_run_split_over_the_model_axis_equals_one_device(
-    tmp_path, tiny_dir, four_devices, model_axis, rank
+    tmp_path, tiny_dir, four_devices, one_device, model_axis, rank
 ):
-    base = {"es.population_size": 4, "eval.num_examples": 2}
-    if rank:  # low rank: a device's 2 members decode as one batch over the split weights
-        base |= {"es.noise_rank": rank, "es.members_per_batch": 2}
-    one = train(tiny_config(tmp_path / "one", tiny_dir, **base, **{"es.num_devices": 1}))
-    split = {"es.num_devices": 4, "es.model_axis": model_axis}
-    out = train(tiny_config(tmp_path / "split", tiny_dir, **base, **split))
-    assert _rewards(tmp_path / "split") == _rewards(tmp_path / "one")  # the same tokens
-    assert len({r for r, _ in _rewards(tmp_path / "one")}) > 1  # and they vary
+    one_dir, one = one_device[rank]
+    split = {"es.num_devices": 4, "es.model_axis": model_axis, **(LOW_RANK if rank else {})}
+    out = train(tiny_config(tmp_path / "split", tiny_dir, **BASE, **split))
+    assert _rewards(tmp_path / "split") == _rewards(one_dir)  # the same tokens
+    assert len({r for r, _ in _rewards(one_dir)}) > 1  # and they vary
     _assert_close(out, one)
     assert _largest_change(out, models.load(tiny_dir).params) > 0  # the run moved the weights
     final = models.load(tmp_path / "split" / "final").params  # exported whole
@@ -150,12 +172,12 @@ def test_grpo_step_split_over_the_model_axis_equals_one_device(tmp_path, tiny_di
 
 
 @pytest.mark.slow
-def test_two_processes_split_over_the_model_axis_equal_one_device(tmp_path, tiny_dir):
-    overrides = {"es.population_size": 4, "eval.num_examples": 2}
-    one = train(tiny_config(tmp_path / "one", tiny_dir, **overrides, **{"es.num_devices": 1}))
+def test_two_processes_split_over_the_model_axis_equal_one_device(tmp_path, tiny_dir, one_device):
+    one_dir, one = one_device[0]
     workdir = tmp_path / "two"
     # 2 processes x 2 CPU devices; model_axis=4: each member spans both processes
-    split = {"es.num_devices": 4, "es.model_axis": 4}
-    tiny_model.train_two_processes(workdir, tiny_dir, **overrides, **split)
-    assert _rewards(workdir) == _rewards(tmp_path / "one")
+    tiny_model.train_two_processes(
+        workdir, tiny_dir, **BASE, **{"es.num_devices": 4, "es.model_axis": 4}
+    )
+    assert _rewards(workdir) == _rewards(one_dir)
     _assert_close(models.load(workdir / "final").params, one)
