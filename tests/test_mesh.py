@@ -116,12 +116,11 @@ def _assert_close(a, b):
 
 
 BASE = {"es.population_size": 4, "eval.num_examples": 2}
-LOW_RANK = {"es.noise_rank": 2, "es.members_per_batch": 2}  # a device's 2 members as one batch
 
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory, tiny_dir):
-    """{rank: (workdir, final params)} of ES on one device, full and low rank, trained once."""
+    """(workdir, final params) of ES on one device, trained once for the module."""
     from trainer_driver import patch_reward
 
     from esawd.tasks.countdown import Countdown
@@ -129,23 +128,20 @@ def one_device(tmp_path_factory, tiny_dir):
     original = Countdown.reward
     patch_reward()  # as the autouse fixture does for each test (module scope runs before it)
     try:
-        out = {}
-        for rank in (0, 2):
-            workdir = tmp_path_factory.mktemp("one") / "run"
-            extra = LOW_RANK if rank else {}
-            c = tiny_config(workdir, tiny_dir, **BASE, **extra, **{"es.num_devices": 1})
-            out[rank] = (workdir, train(c))
-        return out
+        workdir = tmp_path_factory.mktemp("one") / "run"
+        return workdir, train(tiny_config(workdir, tiny_dir, **BASE, **{"es.num_devices": 1}))
     finally:
         Countdown.reward = original
 
 
-@pytest.mark.parametrize("model_axis,rank", [(2, 0), (4, 0), (2, 2)])
+# Low rank split over the model axis, across two processes: test_trainer.py's
+# test_two_processes_equal_one[2-4].
+@pytest.mark.parametrize("model_axis", [2, 4])
 def test_es_run_split_over_the_model_axis_equals_one_device(
-    tmp_path, tiny_dir, four_devices, one_device, model_axis, rank
+    tmp_path, tiny_dir, four_devices, one_device, model_axis
 ):
-    one_dir, one = one_device[rank]
-    split = {"es.num_devices": 4, "es.model_axis": model_axis, **(LOW_RANK if rank else {})}
+    one_dir, one = one_device
+    split = {"es.num_devices": 4, "es.model_axis": model_axis}
     out = train(tiny_config(tmp_path / "split", tiny_dir, **BASE, **split))
     assert _rewards(tmp_path / "split") == _rewards(one_dir)  # the same tokens
     assert len({r for r, _ in _rewards(one_dir)}) > 1  # and they vary
@@ -169,15 +165,3 @@ def test_grpo_step_split_over_the_model_axis_equals_one_device(tmp_path, tiny_di
     # ... alike: gradients agree to float32 rounding, which AdamW's g / (|g| + eps) enlarges
     # only where |g| is near eps; within 1 % of the step
     assert _largest_change(one, two) < 1e-2 * step
-
-
-@pytest.mark.slow
-def test_two_processes_split_over_the_model_axis_equal_one_device(tmp_path, tiny_dir, one_device):
-    one_dir, one = one_device[0]
-    workdir = tmp_path / "two"
-    # 2 processes x 2 CPU devices; model_axis=4: each member spans both processes
-    tiny_model.train_two_processes(
-        workdir, tiny_dir, **BASE, **{"es.num_devices": 4, "es.model_axis": 4}
-    )
-    assert _rewards(workdir) == _rewards(one_dir)
-    _assert_close(models.load(workdir / "final").params, one)
