@@ -46,20 +46,28 @@ def analysis_settings(data_dir: str, tasks: tuple[str, ...], num_examples: int):
 
 def share_base_rows(workdir: Path, others: list[Path], wanted: dict) -> int:
     """Copy the t = 0 forgetting rows another arm evaluated with the same settings (`wanted`,
-    its evaluate.json) into `workdir`'s log: the same theta_0 on the same examples. Returns
+    an evaluation's row settings as evaluate.json stores them; a task's row also needs the
+    same max_new_tokens) into `workdir`'s log: the same theta_0 on the same examples. Returns
     how many were copied."""
     mine = JsonlLog(workdir / analysis.FORGETTING_FILE)
     have = {r["task"] for r in mine.rows() if r["iteration"] == 0}
     wanted = json.loads(json.dumps(wanted))  # as evaluate.json stores it
+    tokens = wanted.pop("max_new_tokens")
     copied = 0
     for other in others:
         stored = other / "evaluate.json"
-        if other == workdir or not stored.exists() or json.loads(stored.read_text()) != wanted:
+        if other == workdir or not stored.exists():
+            continue
+        theirs = json.loads(stored.read_text())
+        their_tokens = theirs.pop("max_new_tokens", {})
+        if any(theirs.get(k) != v for k, v in wanted.items()):
             continue
         for row in JsonlLog(other / analysis.FORGETTING_FILE).rows():
-            if row["iteration"] == 0 and row["task"] not in have:
+            task = row["task"]
+            same = task in tokens and their_tokens.get(task) == tokens[task]
+            if row["iteration"] == 0 and same and task not in have:
                 mine.append(row)
-                have.add(row["task"])
+                have.add(task)
                 copied += 1
     return copied
 

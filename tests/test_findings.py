@@ -43,7 +43,8 @@ def test_base_rows_are_shared_only_between_equal_evaluations(tmp_path):
     for d in (a, b, c):
         d.mkdir()
     wanted = {"num_examples": 8, "max_new_tokens": {"piqa": 8}}
-    (a / "evaluate.json").write_text(json.dumps(wanted))
+    # a also evaluated another task: its piqa rows still match
+    (a / "evaluate.json").write_text(json.dumps({**wanted, "max_new_tokens": {"piqa": 8, "x": 1}}))
     (c / "evaluate.json").write_text(json.dumps({**wanted, "num_examples": 9}))
     rows = [{"iteration": 0, "task": "piqa", "accuracy": 0.5, "correct": [1, 0]},
             {"iteration": 12, "task": "piqa", "accuracy": 1.0, "correct": [1, 1]}]  # fmt: skip
