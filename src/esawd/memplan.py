@@ -69,10 +69,19 @@ def member_bytes(
     config, *, batch: int, width: int, max_new_tokens: int, rank: int = 0, model_axis: int = 1
 ) -> int:
     """Device memory one population member's generation needs, per device of its `model_axis`:
-    its perturbed float32 parameters and their compute-dtype and decode-layout copies (at low
-    rank: its factors, their fused decode layout and its perturbed norms and biases), the KV
-    cache, the prefill's largest activations (the MLP's and the attention scores over the
-    cache) and the logits."""
+    the sum of `member_parts`."""
+    return sum(member_parts(config, batch=batch, width=width, max_new_tokens=max_new_tokens,
+                            rank=rank, model_axis=model_axis).values())  # fmt: skip
+
+
+def member_parts(
+    config, *, batch: int, width: int, max_new_tokens: int, rank: int = 0, model_axis: int = 1
+) -> dict[str, int]:
+    """One member's generation, per device of its `model_axis`, in bytes: "weights" (its
+    perturbed float32 parameters and their compute-dtype and decode-layout copies; at low rank
+    its factors, their fused decode layout and its perturbed norms and biases), "kv_cache"
+    (`batch` prompts x (`width` + `max_new_tokens`) slots) and "activations" (the prefill's
+    largest: the MLP's and the attention scores over the cache, and the logits)."""
     c = config
     item = np.dtype(c.dtype).itemsize
     slots = width + max_new_tokens
@@ -92,7 +101,8 @@ def member_bytes(
     scores = batch * c.n_heads / heads * width * slots * 4 * 2  # scores, probabilities (f32)
     vocab = model_axis if c.vocab_size % model_axis == 0 else 1
     logits = batch * c.vocab_size / vocab * 4 * 2
-    return int(params + cache + prefill + scores + logits)
+    return {"weights": int(params), "kv_cache": int(cache),
+            "activations": int(prefill + scores + logits)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,8 +222,9 @@ def es_plan(
     masters = int(n * np.dtype(masters_dtype).itemsize * frac)
     largest = max(math.prod(s[1:] if is_stacked(p) else s) for p, s in _shapes(config))
     update = int(3 * 4 * largest * frac)  # noise chunk, delta, anchor slice (float32)
-    member = member_bytes(config, batch=prompts, width=width, max_new_tokens=max_new_tokens,
-                          rank=rank, model_axis=model_axis)  # fmt: skip
+    parts = member_parts(config, batch=prompts, width=width, max_new_tokens=max_new_tokens,
+                         rank=rank, model_axis=model_axis)  # fmt: skip
+    member = sum(parts.values())
     rows = [("masters theta_t", masters), ("update slices", update)]
     if rank:  # the members of a batch share the weights' compute and decode copies
         item = np.dtype(config.dtype).itemsize
@@ -224,8 +235,12 @@ def es_plan(
         if rank:
             free = usable - sum(b for _, b in rows)
             members_per_batch = max(1, min(per_device, free // max(1, member)))
-    rows.append((f"members ({members_per_batch} x {_gib(member).strip()})",
-                 members_per_batch * member))  # fmt: skip
+    k, slots = members_per_batch, width + max_new_tokens
+    rows += [
+        (f"member weights ({k} x {_gib(parts['weights']).strip()})", k * parts["weights"]),
+        (f"KV cache ({k} x {prompts} prompts x {slots} slots)", k * parts["kv_cache"]),
+        (f"activations ({k} x {_gib(parts['activations']).strip()})", k * parts["activations"]),
+    ]
     fixes = [f"es.model_axis (now {model_axis}: more devices per member)"]
     if members_per_batch > 1:
         fixes.append(f"es.members_per_batch (now {members_per_batch})")
