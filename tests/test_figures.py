@@ -398,11 +398,22 @@ def test_paired_changes_table_and_findings_figure(tmp_path, tiny_dir):
         drift = {"iteration": 12, "frobenius": 1.0, "relative": 0.1, "per_module": {}}
         (workdir / analysis.DRIFT_FILE).write_text(json.dumps(drift) + "\n")
         workdirs.append(workdir)
+    # the target from the trainer's own held-out evaluations (metrics.jsonl, eval/correct)
+    held_out = [
+        {"iteration": t, "eval/correct": c} for t, c in ((0, [0, 0, 1, 0]), (12, [1, 1, 1, 0]))
+    ]
+    (workdirs[0] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
     runs = figures.load_runs(workdirs)
     up = analysis.stats.paired_difference(base, gained)
     assert up["lost"] == 0 and up["diff_ci"][0] > 0
     table = figures.paired_change_table(runs)
     lines = table.splitlines()
+    assert runs[0].paired_tasks == ["countdown", "piqa"] and runs[1].paired_tasks == ["piqa"]
+    assert lines[2].startswith(f"| {runs[0].label} | Countdown | 4 | 0→12 | 25.0 [")
+    assert "+50.0 [" in lines[2] and not lines[2].split(" | ")[6].startswith(
+        "**"
+    )  # n=4: not called
+    lines = [lines[0], lines[1], *lines[3:]]
     assert lines[2].split(" | ")[6].startswith(f"**{100 * up['diff']:+.1f} [")  # called
     assert not lines[3].split(" | ")[6].startswith("**")  # within noise: not called
     lo, hi = up["after_ci"]

@@ -119,10 +119,21 @@ class Run:
             (r for r in self.forgetting if r["task"] == task and "correct" in r),
             key=lambda r: r["iteration"],
         )
+        if len(rows) < 2 and task == self.target:  # the trainer's held-out evaluations
+            rows = [{"iteration": r["iteration"], "correct": r["eval/correct"]}
+                    for r in self.metrics if "eval/correct" in r]  # fmt: skip
+            rows.sort(key=lambda r: r["iteration"])
         if len(rows) < 2 or len(rows[0]["correct"]) != len(rows[-1]["correct"]):
             return None
         d = analysis.stats.paired_difference(rows[0]["correct"], rows[-1]["correct"])
         return {"from": rows[0]["iteration"], "to": rows[-1]["iteration"], **d}
+
+    @property
+    def paired_tasks(self) -> list[str]:
+        """The tasks `paired_change` can compare: the target (from the analysis, or from the
+        trainer's held-out evaluations) and the evaluated prior tasks."""
+        first = [] if self.target in self.tasks else [self.target]
+        return [t for t in first + self.tasks if self.paired_change(t) is not None]
 
     def accuracy_change(self, task: str) -> float | None:
         """Accuracy at the last evaluated iteration minus at the first (the base model at 0);
@@ -312,7 +323,7 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     over the prior tasks (the paper's Figures 1, 4 and 5 in one)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     x = np.arange(len(runs))
-    tasks = _task_order(_ordered_union([r.tasks for r in runs]))
+    tasks = _task_order(_ordered_union([r.paired_tasks for r in runs]))
     targets = {r.target for r in runs}
     ax = axes[0]
     width = 0.7 / max(len(tasks), 1)
@@ -907,7 +918,7 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
     "kl_heatmap": (plot_kl_heatmap, lambda rs: any(r.kl for r in rs), "no kl.jsonl"),
     "findings": (
         plot_findings,
-        lambda rs: any(r.paired_change(t) is not None for r in rs for t in r.tasks),
+        lambda rs: any(r.paired_tasks for r in rs),
         "no run has a task evaluated twice with per-example results",
     ),
     "population_size": (
@@ -951,10 +962,8 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     head = ["Run", "Task", "n", "t", "Before", "After", "Change (points)", "+/-", "McNemar p"]
     body = []
     for run in runs:
-        for task in run.tasks:
+        for task in run.paired_tasks:
             d = run.paired_change(task)
-            if d is None:
-                continue
             lo, hi = d["diff_ci"]
             change = f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
             if lo > 0 or hi < 0:
@@ -992,7 +1001,7 @@ TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str
     ),
     "paired_changes": (
         paired_change_table,
-        lambda rs: any(r.paired_change(t) is not None for r in rs for t in r.tasks),
+        lambda rs: any(r.paired_tasks for r in rs),
         "no run has a task evaluated twice with per-example results",
     ),
 }
