@@ -1,11 +1,13 @@
 """configs/findings.py (the three findings' arms) and experiments/findings.py (the runner)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from configs import findings
-from esawd import analysis, settings
+from esawd import analysis, figures, settings
+from experiments import figures as figures_cli
 from experiments import findings as runner
 
 
@@ -54,3 +56,23 @@ def test_base_rows_are_shared_only_between_equal_evaluations(tmp_path):
     got = [json.loads(x) for x in (b / analysis.FORGETTING_FILE).read_text().splitlines()]
     assert got == rows[:1]
     assert runner.share_base_rows(b, [a, b, c], wanted) == 0  # already there
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "findings"
+
+
+def test_the_committed_findings_figure_and_table_rebuild_from_the_committed_rows(tmp_path):
+    """docs/results.md's findings table and figure come from the rows under
+    docs/results/findings/ (no checkpoints) through `python -m experiments.figures`."""
+    workdirs = sorted(str(d) for d in RESULTS.iterdir() if (d / "config.json").exists())
+    assert workdirs, f"{RESULTS} holds no run's rows"
+    figures_cli.main(["--workdirs", *workdirs, "--out", str(tmp_path), "--no_toy",
+                      "--only", "findings,paired_changes"])  # fmt: skip
+    for name in ("paired_changes.md", "paired_changes.tex"):
+        assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
+    assert (tmp_path / "findings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table has a row per run and task pair evaluated twice, the target among them
+    rows = (RESULTS / "paired_changes.md").read_text().splitlines()[2:]
+    runs = figures.load_runs(workdirs)
+    assert len(rows) == sum(len(r.paired_tasks) for r in runs)
+    assert all(r.target in r.paired_tasks for r in runs)
