@@ -873,13 +873,22 @@ def accuracy_change_table(
 
     body = [[row["label"], _nice(row["target"]),
              *[cell(row["changes"][t]) for t in [*names, "average"]]] for row in rows]  # fmt: skip
+    notes = [
+        "% Final minus initial accuracy (percentage points); Average: over the prior tasks.",
+        "% Needs \\usepackage{booktabs}.",
+    ]
+    return _render(head, body, fmt, notes)
+
+
+def _render(head: list[str], body: list[list[str]], fmt: str, notes: list[str]) -> str:
+    """A table as markdown, or as a booktabs tabular after LaTeX comment lines `notes` (the
+    first two columns are text, the others numbers)."""
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines) + "\n"
     lines = [
-        "% Final minus initial accuracy (percentage points); Average: over the prior tasks.",
-        "% Needs \\usepackage{booktabs}.",
+        *notes,
         "\\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
         "\\toprule",
         " & ".join(_latex_text(h) for h in head) + " \\\\",
@@ -975,21 +984,8 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
                 f"{pct(d['after'])} {ci(*d['after_ci'])}",
                 change, f"+{d['gained']}/-{d['lost']}", f"{d['p_mcnemar']:.2g}",
             ])  # fmt: skip
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines) + "\n"
-    lines = [
-        "% Accuracy (%) with Wilson 95 % intervals; change with Newcombe's paired interval.",
-        "\\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
-        "\\toprule",
-        " & ".join(_latex_text(h) for h in head) + " \\\\",
-        "\\midrule",
-        *[" & ".join([_latex_text(c[0]), _latex_text(c[1]), *c[2:]]) + " \\\\" for c in body],
-        "\\bottomrule",
-        "\\end{tabular}",
-    ]
-    return "\n".join(lines) + "\n"
+    notes = ["% Accuracy (%) with Wilson 95 % intervals; change with Newcombe's paired interval."]
+    return _render(head, body, fmt, notes)
 
 
 # Each table: (writer(runs, fmt), has_data(runs), reason when it has none).
