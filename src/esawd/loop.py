@@ -20,7 +20,6 @@ writes the row again, and a crash after the checkpoint finds the row there.
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from esawd import analysis, es, memplan, models, report, scoring, tasks
-from esawd.rundir import RunDir
+from esawd.rundir import RunDir, stored_config
 from esawd.settings import (
     ConfigError,
     LogSettings,
@@ -167,8 +166,7 @@ def setup(s: RunSettings, method: Method) -> Context:
     the model's config and tokenizer, and the memory plan, printed, and refused when the run
     cannot fit. The context has no run directory yet (`run=None`)."""
     check(s, device_count=jax.device_count())
-    stored_path = Path(s.workdir).expanduser() / "config.json"  # read, without creating the dir
-    stored = json.loads(stored_path.read_text()) if stored_path.is_file() else None
+    stored = stored_config(s.workdir)  # read without creating the directory
     if stored is not None:
         check_resumable(stored, to_dict(s), workdir=s.workdir)
     train_examples, eval_examples = scoring.load_examples(

@@ -120,6 +120,12 @@ class JsonlLog:
         return iter(self.rows())
 
 
+def stored_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The config.json of the run at `workdir`, or None; reads without creating anything."""
+    path = Path(workdir).expanduser() / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class RunDir:
     """Paths and persistent state of one run directory.
 
@@ -150,9 +156,7 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any] | None:
         """The stored config, or None for a new run directory."""
-        if not self.config_path.exists():
-            return None
-        return json.loads(self.config_path.read_text())
+        return stored_config(self.root)
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Store the run's config (atomically)."""

@@ -196,8 +196,8 @@ def evaluate_population(
     divide evenly. On a ("pop", "model") mesh (`esawd.mesh.run_mesh`) a member spans the
     `model` devices of its row; params placed with `esawd.mesh.shard_params` stay split over
     them, anything else is replicated. `members_per_batch` vmaps that many members at once on
-    each device (default: one at a time). `fitness` should be a stable function object: the compiled
-    evaluation is cached per (fitness, mesh).
+    each device (default: one at a time). `fitness` should be a stable function object: the
+    compiled evaluation is cached per (fitness, mesh).
 
     `rank` >= 1 perturbs with low-rank noise (`sample_noise(rank=rank)`). With `factored=True`
     (low rank only) the perturbed parameters are never formed: `fitness(params, perturbations,
