@@ -17,6 +17,13 @@ same for every such task) or `package.module:factory` (docs/tasks.md, "Your own 
     python -m experiments.evaluate --workdir runs/a --tasks target,piqa,jsonl:data/qa \\
         --jsonl_checker numeric --jsonl_template 'Q: {question}'
 
+Prior tasks with fixed options can also be scored without generation, by option log-likelihood
+(lm-evaluation-harness's acc_norm; rows named `piqa:ll`), the measure that sees what a small
+model knows when its generated answers do not follow the format:
+
+    python -m experiments.evaluate --workdir runs/a --tasks piqa --max_new_tokens 8 \
+        --likelihood piqa=1000,arc_challenge=1000 --data_dir ../shared/data
+
 ES runs can be evaluated at any iteration (replayed from the ES log between checkpoints); GRPO
 runs at their checkpoints.
 
@@ -66,6 +73,20 @@ def parse_tokens(text: str) -> int | dict[str, int]:
     return out
 
 
+def parse_likelihood(text: str) -> dict[str, int]:
+    """'piqa=1000,arc_challenge=500': tasks scored by option log-likelihood, examples each."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"--likelihood {text!r}: use task=examples pairs, e.g. "
+                "'piqa=1000,arc_challenge=500'"
+            )
+        out[name.strip()] = int(value)
+    return out
+
+
 def resolve_tasks(names: list[str], target: str) -> tuple[str, ...]:
     """The task list with 'target' replaced by the run's target task, without duplicates."""
     out = []
@@ -105,6 +126,7 @@ def settings_for(
         data_dir=args.data_dir,
         num_examples=values["num_examples"],
         max_new_tokens=resolve_tokens(values["max_new_tokens"], names, target),
+        likelihood=args.likelihood,
         batch_size=args.batch_size,
         stride=values["stride"],
         iterations=iterations,
@@ -146,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default="", help="folder with <task>/ (default: the run's)")
     p.add_argument("--num_examples", type=int, help="per task, at most (default 2048)")
     p.add_argument("--max_new_tokens", type=parse_tokens, help="default 1024")
+    p.add_argument(
+        "--likelihood", type=parse_likelihood, default={},
+        help="tasks also scored by option log-likelihood, with examples each: piqa=1000,...",
+    )  # fmt: skip
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--stride", type=int, help="every k-th iteration (0: checkpoints; paper: 25)")
     p.add_argument("--iterations", default="", help="explicit iterations, e.g. 0,10,30")

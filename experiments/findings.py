@@ -22,8 +22,10 @@ from pathlib import Path
 
 from configs import findings
 from esawd import analysis, devices, settings
+from esawd.analysis import likelihood
 from esawd.rundir import JsonlLog, RunDir
 from esawd.train import train
+from experiments.evaluate import parse_likelihood
 
 # What is copied to the results folder: every row a figure or table needs, no weights.
 ROW_FILES = (
@@ -33,12 +35,19 @@ ROW_FILES = (
 # Prior-task generation budgets: PIQA and ARC answer with a letter or a number after a short
 # rationale at most; MMLU-Pro likewise (docs/results.md, "The three findings").
 MAX_NEW_TOKENS = {"piqa": 8, "arc_challenge": 128, "mmlu_pro": 128}
+# Prior tasks scored by option log-likelihood (`esawd.analysis.likelihood`), examples each: the
+# measure that sees what the 135M model knows (its generated PIQA answers are mostly "1.").
+LIKELIHOOD = {"piqa": 1000, "arc_challenge": 500}
 
 
-def analysis_settings(data_dir: str, tasks: tuple[str, ...], num_examples: int):
-    """The prior-task evaluation of every arm: t = 0 and t = T, KL and drift."""
+def analysis_settings(
+    data_dir: str, tasks: tuple[str, ...], num_examples: int, ll: dict[str, int] | None = None
+):
+    """The prior-task evaluation of every arm: t = 0 and t = T, generated answers of `tasks`
+    and option likelihoods of `ll` (default LIKELIHOOD), KL and drift."""
     return analysis.AnalysisSettings(
         tasks=tasks, data_dir=data_dir, num_examples=num_examples,
+        likelihood=dict(LIKELIHOOD if ll is None else ll),
         max_new_tokens={t: MAX_NEW_TOKENS[t] for t in tasks}, batch_size=64,
         iterations=(0, findings.ITERATIONS), kl=True, kl_prompts=32, kl_max_new_tokens=64,
     )  # fmt: skip
@@ -47,12 +56,13 @@ def analysis_settings(data_dir: str, tasks: tuple[str, ...], num_examples: int):
 def share_base_rows(workdir: Path, others: list[Path], wanted: dict) -> int:
     """Copy the t = 0 forgetting rows another arm evaluated with the same settings (`wanted`,
     an evaluation's row settings as evaluate.json stores them; a task's row also needs the
-    same max_new_tokens) into `workdir`'s log: the same theta_0 on the same examples. Returns
-    how many were copied."""
+    same max_new_tokens, a likelihood-scored task's row the same number of examples) into
+    `workdir`'s log: the same theta_0 on the same examples. Returns how many were copied."""
     mine = JsonlLog(workdir / analysis.FORGETTING_FILE)
     have = {r["task"] for r in mine.rows() if r["iteration"] == 0}
     wanted = json.loads(json.dumps(wanted))  # as evaluate.json stores it
     tokens = wanted.pop("max_new_tokens")
+    counts = wanted.pop("likelihood", {})
     copied = 0
     for other in others:
         stored = other / "evaluate.json"
@@ -60,11 +70,16 @@ def share_base_rows(workdir: Path, others: list[Path], wanted: dict) -> int:
             continue
         theirs = json.loads(stored.read_text())
         their_tokens = theirs.pop("max_new_tokens", {})
+        their_counts = theirs.pop("likelihood", {})
         if any(theirs.get(k) != v for k, v in wanted.items()):
             continue
         for row in JsonlLog(other / analysis.FORGETTING_FILE).rows():
             task = row["task"]
-            same = task in tokens and their_tokens.get(task) == tokens[task]
+            if task.endswith(likelihood.SUFFIX):
+                name = likelihood.base_task(task)
+                same = name in counts and their_counts.get(name) == counts[name]
+            else:
+                same = task in tokens and their_tokens.get(task) == tokens[task]
             if row["iteration"] == 0 and same and task not in have:
                 mine.append(row)
                 have.add(task)
@@ -89,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--tasks", default=",".join(findings.PRIOR_TASKS), help="prior tasks")
     p.add_argument("--num_examples", type=int, default=2048, help="per prior task, at most")
+    p.add_argument(
+        "--likelihood", type=parse_likelihood, default=dict(LIKELIHOOD),
+        help="prior tasks scored by option log-likelihood, examples each (task=N,...; '' none)",
+    )  # fmt: skip
     p.add_argument("--no_eval", action="store_true", help="train only")
     a = p.parse_args(argv)
     arms = [x for x in a.arms.split(",") if x]
@@ -108,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         train(settings.from_config(c))
         trained = time.perf_counter() - t0
         if not a.no_eval:
-            evaluation = analysis_settings(a.data_dir, tasks, a.num_examples)
+            evaluation = analysis_settings(a.data_dir, tasks, a.num_examples, a.likelihood)
             shared = share_base_rows(workdir, workdirs, evaluation.row_settings())
             analysis.analyze_run(workdir, evaluation)
             RunDir(workdir).close()

@@ -498,3 +498,45 @@ def test_command_line(es_run, data_dir, tmp_path, capsys):
     assert "ES+AWD L2 lam=2 N=4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=re.escape("no value for piqa")):
         evaluate_cli.main(["--workdir", workdir, "--tasks", "piqa", "--max_new_tokens", "x=3"])
+
+
+def test_likelihood_rows_are_paired_resume_and_refuse_a_changed_count(es_run, data_dir, tmp_path):
+    workdir = copy_run(es_run, tmp_path / "run")
+    s = settings(tasks=(), likelihood={"piqa": 6}, iterations=(0, 4), kl=False, drift=False,
+                 data_dir=str(data_dir))  # fmt: skip
+    rows = analysis.analyze_run(workdir, s, progress=False)[analysis.FORGETTING_FILE]
+    assert [(r["iteration"], r["task"], len(r["correct"])) for r in rows] == [
+        (0, "piqa:ll", 6), (4, "piqa:ll", 6)
+    ]  # fmt: skip
+    # the row at 0 is theta_0's, scored directly on the same seeded subset
+    task = tasks.get_task("piqa")
+    examples = tasks.eval_subset(task.load("validation", data_dir), size=6)
+    tiny = models.load(analysis.read_run_config(workdir)["model"]["name"])
+    direct = analysis.likelihood.choice_accuracy(
+        tiny.config, tiny.params, tiny.tokenizer, task, examples, batch_size=3
+    )
+    assert rows[0]["correct"] == direct["correct"]
+    # again: nothing to do; a generated task joins without touching the likelihood rows
+    before = (tmp_path / "run" / analysis.FORGETTING_FILE).read_text()
+    analysis.analyze_run(workdir, s, progress=False)
+    assert (tmp_path / "run" / analysis.FORGETTING_FILE).read_text() == before
+    s2 = settings(tasks=("piqa",), likelihood={"piqa": 6}, iterations=(4,), kl=False,
+                  drift=False, data_dir=str(data_dir))  # fmt: skip
+    rows = analysis.analyze_run(workdir, s2, progress=False)[analysis.FORGETTING_FILE]
+    assert [(r["iteration"], r["task"]) for r in rows[2:]] == [(4, "piqa")]
+    with pytest.raises(analysis.AnalysisError, match="likelihood piqa=6, now 5.*--fresh"):
+        analysis.analyze_run(workdir, settings(likelihood={"piqa": 5}), progress=False)
+
+
+def test_likelihood_settings_are_checked():
+    with pytest.raises(analysis.AnalysisError, match="'countdown' has no fixed options.*piqa"):
+        analysis.check_analysis_settings(settings(likelihood={"countdown": 5}))
+    with pytest.raises(analysis.AnalysisError, match="examples for piqa is 0"):
+        analysis.check_analysis_settings(settings(likelihood={"piqa": 0}))
+    with pytest.raises(analysis.AnalysisError, match="tasks=''"):
+        analysis.check_analysis_settings(settings(tasks=()))
+    assert evaluate_cli.parse_likelihood("piqa=10, arc_challenge=5") == {
+        "piqa": 10, "arc_challenge": 5
+    }  # fmt: skip
+    with pytest.raises(Exception, match="task=examples pairs"):
+        evaluate_cli.parse_likelihood("piqa")

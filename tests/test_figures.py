@@ -423,3 +423,9 @@ def test_paired_changes_table_and_findings_figure(tmp_path, tiny_dir):
     written = figures.write_figures(workdirs, tmp_path / "out", names=names, log=lambda _: None)
     assert {p.name for p in written} == {"findings.png", "paired_changes.md", "paired_changes.tex"}
     assert (tmp_path / "out" / "paired_changes.md").read_text() == table
+
+
+def test_likelihood_scored_tasks_are_named_as_such():
+    assert figures._nice("piqa:ll") == "PIQA (log-lik.)"
+    assert figures._nice("arc_challenge:ll") == "ARC-Challenge (log-lik.)"
+    assert figures._nice("piqa") == "PIQA"

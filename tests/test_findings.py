@@ -76,3 +76,19 @@ def test_the_committed_findings_figure_and_table_rebuild_from_the_committed_rows
     runs = figures.load_runs(workdirs)
     assert len(rows) == sum(len(r.paired_tasks) for r in runs)
     assert all(r.target in r.paired_tasks for r in runs)
+
+
+def test_likelihood_base_rows_are_shared_when_their_example_counts_match(tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    wanted = {"num_examples": 8, "max_new_tokens": {"piqa": 8}, "likelihood": {"piqa": 10}}
+    (a / "evaluate.json").write_text(json.dumps({**wanted, "likelihood": {"piqa": 10, "x": 3}}))
+    (c / "evaluate.json").write_text(json.dumps({**wanted, "likelihood": {"piqa": 11}}))
+    rows = [{"iteration": 0, "task": "piqa:ll", "accuracy": 0.5, "correct": [1, 0]},
+            {"iteration": 12, "task": "piqa:ll", "accuracy": 1.0, "correct": [1, 1]}]  # fmt: skip
+    for d in (a, c):
+        (d / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.share_base_rows(b, [c, a, b], wanted) == 1  # a's; c scored 11 examples
+    got = [json.loads(x) for x in (b / analysis.FORGETTING_FILE).read_text().splitlines()]
+    assert got == rows[:1]

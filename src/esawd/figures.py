@@ -175,6 +175,8 @@ def _ordered_union(lists: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _nice(task: str) -> str:
+    if task.endswith(analysis.likelihood.SUFFIX):  # scored by option log-likelihood
+        return _nice(analysis.likelihood.base_task(task)) + " (log-lik.)"
     return {
         "arc_challenge": "ARC-Challenge",
         "mmlu_pro": "MMLU-Pro",

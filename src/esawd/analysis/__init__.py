@@ -6,13 +6,14 @@ and weight drift of theta_t over training, for ES, ES + AWD and GRPO runs alike.
 
 `python -m experiments.evaluate` is the command line. The parts, each usable alone:
 `forgetting` (settings, task examples, `analyze_run`), `thetas` (theta_t from checkpoints or
-ES replay), `drift` (weight drift), `kl` (KL on the base model's samples) and `stats`
-(intervals for accuracies: Wilson, paired differences, McNemar). "Analysis" here
-is distinct from the trainer's held-out accuracy (`scoring.heldout_accuracy`, which the
-analysis calls per task) and from ES population fitness.
+ES replay), `drift` (weight drift), `kl` (KL on the base model's samples), `likelihood`
+(prior-task accuracy by option log-likelihood, no generation) and `stats` (intervals for
+accuracies: Wilson, paired differences, McNemar). "Analysis" here is distinct from the
+trainer's held-out accuracy (`scoring.heldout_accuracy`, which the analysis calls per task) and
+from ES population fitness.
 """
 
-from esawd.analysis import stats
+from esawd.analysis import likelihood, stats
 from esawd.analysis.drift import MODULES, has_tied_head, module_of, weight_drift
 from esawd.analysis.errors import AnalysisError
 from esawd.analysis.forgetting import (
@@ -59,6 +60,7 @@ __all__ = [
     "format_ranges",
     "has_tied_head",
     "kl_divergence",
+    "likelihood",
     "log_probs",
     "examples_needed",
     "mcnemar_p",

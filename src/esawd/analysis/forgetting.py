@@ -6,7 +6,10 @@ and weight drift of theta_t over training, for ES, ES + AWD and GRPO runs alike.
 
 writes, inside the run directory (`python -m experiments.evaluate` is the command line):
 
-    forgetting.jsonl     {iteration, task, accuracy, format_rate, reward, tokens, num_examples}
+    forgetting.jsonl     {iteration, task, accuracy, format_rate, reward, tokens, num_examples,
+                          correct}; a task scored by option log-likelihood (`likelihood`)
+                          as task "<name>:ll" {iteration, task, accuracy, num_examples,
+                          num_options, scoring, correct}
     kl.jsonl             {iteration, task, kl, kl_prompt_avg, num_tokens, num_prompts}
     weight_drift.jsonl   {iteration, frobenius, relative, per_module, per_layer, mean_abs,
                           max_abs, num_params}
@@ -27,9 +30,12 @@ reference's `evaluate_kl_divergence.py --subset_size 50`; `"first"`: the first `
 the accuracy examples), one continuation each sampled from theta_0 at temperature 1 (at most
 `kl_max_new_tokens` tokens), scored under theta_0 and theta_t; `kl` is the token-weighted k1
 estimate sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over prompts of each prompt's
-per-token average (`kl.py`). Drift: ||theta_t - theta_0|| accumulated in float64, globally,
-per module type and per layer (`drift.py`). `PAPER_PROTOCOL` holds the reference's whole
-protocol. This module holds the settings and the job that runs them over one run directory.
+per-token average (`kl.py`). `likelihood` tasks are also (or only) scored without generation:
+the option with the highest log-likelihood per character after a plain-text context is the
+answer (lm-evaluation-harness's acc_norm, `likelihood.py`). Drift: ||theta_t - theta_0||
+accumulated in float64, globally, per module type and per layer (`drift.py`).
+`PAPER_PROTOCOL` holds the reference's whole protocol. This module holds the settings and the
+job that runs them over one run directory.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from esawd import models, scoring, tasks
 from esawd.analysis.drift import weight_drift
 from esawd.analysis.errors import AnalysisError
 from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
+from esawd.analysis.likelihood import choice_accuracy, row_key
 from esawd.analysis.thetas import Thetas, format_ranges, select_iterations
 from esawd.rundir import JsonlLog, RunDir
 from esawd.settings import ConfigError
@@ -107,6 +114,8 @@ PAPER_PROTOCOL: dict[str, Any] = {
 @dataclasses.dataclass(frozen=True)
 class AnalysisSettings:
     tasks: tuple[str, ...]  # e.g. ("proofwriter", "piqa", "arc_challenge")
+    # tasks scored by option log-likelihood, with the examples each: {"piqa": 1000}
+    likelihood: Mapping[str, int] = dataclasses.field(default_factory=dict)
     data_dir: str = ""  # folder with <task>/ ("" = the run's task.data_dir, then the hub)
     num_examples: int = 2048  # per task, the reference's seeded subset for larger sets
     max_new_tokens: Mapping[str, int] | int = 1024  # one value, or per task
@@ -143,6 +152,8 @@ class AnalysisSettings:
             "kl_seed": self.kl_seed,
             "kl_selection": self.kl_selection,
         }
+        if self.likelihood:
+            out["likelihood"] = {t: int(n) for t, n in self.likelihood.items()}
         if any(t.startswith(JSONL_PREFIX) for t in self.tasks):
             out["jsonl_options"] = {k: v for k, v in sorted(self.jsonl_options.items()) if v}
         return out
@@ -151,7 +162,7 @@ class AnalysisSettings:
 def check_analysis_settings(s: AnalysisSettings) -> None:
     """Refuse bad settings with the key, the value and what is valid."""
     unknown = [t for t in s.tasks if tasks.spec_kind(t) is None]
-    if unknown or not s.tasks:
+    if unknown or not (s.tasks or s.likelihood):
         raise AnalysisError(
             f"tasks={','.join(s.tasks)!r} is invalid: use a comma-separated subset of "
             f"{','.join(tasks.TASK_NAMES)}, your own tasks as jsonl:PATH or "
@@ -172,6 +183,14 @@ def check_analysis_settings(s: AnalysisSettings) -> None:
     for t in s.tasks:
         if s.tokens_for(t) < 1:
             raise AnalysisError(f"max_new_tokens for {t} is {s.tokens_for(t)}; it must be >= 1.")
+    for t, n in s.likelihood.items():
+        if t not in tasks.TASK_NAMES or not tasks.get_task(t).has_choices:
+            scorable = [x for x in tasks.TASK_NAMES if tasks.get_task(x).has_choices]
+            raise AnalysisError(
+                f"likelihood task {t!r} has no fixed options to score: use {', '.join(scorable)}."
+            )
+        if n < 1:
+            raise AnalysisError(f"likelihood examples for {t} is {n}; it must be >= 1.")
 
 
 def run_method(config: Mapping[str, Any]) -> str:
@@ -300,21 +319,26 @@ def kl_examples(
 # ---------------------------------------------------------------------------------------
 
 
+# Settings given per task: a resumed evaluation may add tasks, not change a task's value.
+PER_TASK_SETTINGS = ("max_new_tokens", "likelihood")
+
+
 def _check_resumed_settings(path: Path, current: dict[str, Any]) -> None:
     if not path.exists():
         path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
     stored = json.loads(path.read_text())
     stored.setdefault("kl_selection", LEGACY_KL_SELECTION)
-    merged_tokens = {**stored.get("max_new_tokens", {}), **current["max_new_tokens"]}
+    merged = {key: {**stored.get(key, {}), **current.get(key, {})} for key in PER_TASK_SETTINGS}
     for key, value in current.items():
         old = stored.get(key)
-        if key == "max_new_tokens":
+        if key in PER_TASK_SETTINGS:
+            old = old or {}
             clash = {t: (old.get(t), v) for t, v in value.items() if old.get(t, v) != v}
             if clash:
                 t, (was, now) = next(iter(clash.items()))
                 raise AnalysisError(
-                    f"{path.parent} was evaluated with max_new_tokens {t}={was}, now {now}; pass "
+                    f"{path.parent} was evaluated with {key} {t}={was}, now {now}; pass "
                     f"the stored value to extend it, or --fresh to start the evaluation over."
                 )
         elif old is not None and old != value:
@@ -322,7 +346,8 @@ def _check_resumed_settings(path: Path, current: dict[str, Any]) -> None:
                 f"{path.parent} was evaluated with {key}={old}, now {value}; pass the stored "
                 "value to extend it, or --fresh to start the evaluation over."
             )
-    path.write_text(json.dumps({**current, "max_new_tokens": merged_tokens}, indent=2) + "\n")
+    merged = {k: v for k, v in merged.items() if v or k == "max_new_tokens"}
+    path.write_text(json.dumps({**current, **merged}, indent=2) + "\n")
 
 
 def clear_analysis(workdir: str | Path) -> None:
@@ -364,6 +389,10 @@ def analyze_run(
         )
         for t in s.tasks
     }
+    ll_examples = {
+        t: task_examples(t, run_config, data_dir=s.data_dir, num_examples=n)
+        for t, n in s.likelihood.items()
+    }
     kl_prompts = {
         t: kl_examples(
             t,
@@ -399,6 +428,8 @@ def analyze_run(
 
     def todo(t: int) -> list[tuple[str, str]]:
         items = [("task", name) for name in s.tasks if (t, name) not in done_tasks]
+        items += [("likelihood", name) for name in s.likelihood
+                  if (t, row_key(name)) not in done_tasks]  # fmt: skip
         if s.kl:
             items += [("kl", name) for name in s.tasks if (t, name) not in done_kl]
         if s.drift and t not in done_drift:
@@ -428,6 +459,12 @@ def analyze_run(
                     max_new_tokens=s.tokens_for(name), batch_size=s.batch_size,
                 )  # fmt: skip
                 logs[FORGETTING_FILE].append({"iteration": t, "task": name, **row})
+            elif kind == "likelihood":
+                row = choice_accuracy(
+                    config, params, tokenizer, tasks.get_task(name), ll_examples[name],
+                    batch_size=s.batch_size,
+                )  # fmt: skip
+                logs[FORGETTING_FILE].append({"iteration": t, "task": row_key(name), **row})
             else:
                 if name not in samples:
                     samples[name] = _kl_samples(

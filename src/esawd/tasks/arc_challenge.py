@@ -17,7 +17,7 @@ num_choices; numeric labels already mapped to letters), the hub's `allenai/ai2_a
 from __future__ import annotations
 
 from esawd.tasks import choice, data
-from esawd.tasks.base import Example, Message, Reward, Task
+from esawd.tasks.base import Choices, Example, Message, Reward, Task
 
 SYSTEM_MESSAGE = (
     "You are a science question answering expert. Think step by step and finish your answer "
@@ -82,3 +82,11 @@ class ARCChallenge(Task):
     def reward(self, completion: str, example: Example) -> Reward:
         """Answer reward only; format ('The answer is (X)' at the end) is reported."""
         return choice.reward(completion, example["answer"], letters=LETTERS)
+
+    def choices(self, example: Example) -> Choices:
+        """The question, the option texts as answers (lm-evaluation-harness's arc_challenge)."""
+        return Choices(
+            f"Question: {example['question']}\nAnswer:",
+            tuple(example["options"]),
+            list(example["option_labels"]).index(example["answer"]),
+        )

@@ -8,6 +8,7 @@ arguments; no method reads globals or environment variables.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ def make_reward(format_reward: float, answer_reward: float, *, format_weight: fl
         "format_reward": float(format_reward),
         "answer_reward": float(answer_reward),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """One multiple-choice item for log-likelihood scoring (`esawd.analysis.likelihood`): the
+    plain-text `context` (no chat template), the `options` that may follow it, each read as
+    " " + option, and the index of the right one."""
+
+    context: str
+    options: tuple[str, ...]
+    answer: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.answer < len(self.options):
+            raise ValueError(f"answer {self.answer} is not an index of {len(self.options)} options")
 
 
 class Task:
@@ -148,6 +164,18 @@ class Task:
     def reward(self, completion: str, example: Example) -> Reward:
         """{"reward", "format_reward", "answer_reward"} for the text generated after the prompt."""
         raise NotImplementedError
+
+    def choices(self, example: Example) -> Choices:
+        """The example as a multiple-choice item, for tasks with fixed options (the prior
+        tasks: PIQA, ARC-Challenge, MMLU-Pro, HellaSwag)."""
+        raise NotImplementedError(
+            f"{self.name} has no fixed options to score by log-likelihood; likelihood scoring "
+            "works for piqa, arc_challenge, mmlu_pro and hellaswag."
+        )
+
+    @property
+    def has_choices(self) -> bool:
+        return type(self).choices is not Task.choices
 
 
 def verl_prompt(row: data.Row) -> list[Message] | None:

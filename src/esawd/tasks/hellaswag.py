@@ -20,7 +20,16 @@ from __future__ import annotations
 import re
 
 from esawd.tasks import data
-from esawd.tasks.base import Example, Message, Reward, Task, make_reward, too_long, zero_reward
+from esawd.tasks.base import (
+    Choices,
+    Example,
+    Message,
+    Reward,
+    Task,
+    make_reward,
+    too_long,
+    zero_reward,
+)
 
 SYSTEM_MESSAGE = (
     "You are given a situation followed by four possible endings. Choose the most appropriate "
@@ -89,3 +98,12 @@ class HellaSwag(Task):
     def reward(self, completion: str, example: Example) -> Reward:
         """Answer reward only; format is reported."""
         return reward(completion, example["answer"])
+
+    def choices(self, example: Example) -> Choices:
+        """The activity and context, the four endings as continuations (lm-evaluation-harness
+        without its bracket clean-up)."""
+        return Choices(
+            f"{example['activity_label']}: {example['context']}",
+            tuple(example["endings"]),
+            int(example["answer"]),
+        )

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from esawd.tasks import choice, data
-from esawd.tasks.base import Example, Message, Reward, Task
+from esawd.tasks.base import Choices, Example, Message, Reward, Task
 
 SYSTEM_MESSAGE = (
     "You are a knowledge expert solving multiple-choice questions. Think step by step and "
@@ -103,3 +103,11 @@ class MMLUPro(Task):
     def reward(self, completion: str, example: Example) -> Reward:
         """Answer reward only; format ('The answer is (X)' at the end) is reported."""
         return choice.reward(completion, example["answer"], letters=LETTERS)
+
+    def choices(self, example: Example) -> Choices:
+        """The question, the option texts as answers (no shots, no letters)."""
+        return Choices(
+            f"Question: {example['question']}\nAnswer:",
+            tuple(example["options"]),
+            LETTERS.index(example["answer"]),
+        )

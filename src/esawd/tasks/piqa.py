@@ -20,7 +20,16 @@ from __future__ import annotations
 import re
 
 from esawd.tasks import data
-from esawd.tasks.base import Example, Message, Reward, Task, make_reward, too_long, zero_reward
+from esawd.tasks.base import (
+    Choices,
+    Example,
+    Message,
+    Reward,
+    Task,
+    make_reward,
+    too_long,
+    zero_reward,
+)
 
 SYSTEM_MESSAGE = (
     "You are given a physical commonsense goal and two possible solutions. Choose the better "
@@ -89,3 +98,11 @@ class PIQA(Task):
     def reward(self, completion: str, example: Example) -> Reward:
         """Answer reward only; format is reported."""
         return reward(completion, example["answer"])
+
+    def choices(self, example: Example) -> Choices:
+        """The goal as a question, the two solutions as answers (lm-evaluation-harness)."""
+        return Choices(
+            f"Question: {example['goal']}\nAnswer:",
+            (example["sol1"], example["sol2"]),
+            LABELS.index(example["answer"]),
+        )
