@@ -5,11 +5,16 @@
 
 For each arm and seed, in order: train (or resume, or skip a finished run), evaluate the
 prior tasks at t = 0 and t = T (`esawd.analysis.analyze_run`; an evaluation resumes where it
-stopped), then copy the run's rows (no checkpoints) to `<results>/<arm>_s<seed>/`. The base
-model's rows at t = 0 are the same for every arm (same theta_0, same examples), so they are
-evaluated once and copied into the other runs before their evaluation. Interrupt it at any
-point and run it again: it continues. `python -m experiments.figures --findings <results>`
-draws the figures and tables from the copied rows.
+stopped), then copy the run's rows (no checkpoints) to `<results>/<arm>_s<seed>/`. The prior
+tasks are evaluated twice over: generated answers (`--tasks`, the paper's measure, with KL on
+their prompts) and option log-likelihoods (`--likelihood`, `esawd.analysis.likelihood`). The
+base model's rows at t = 0 are the same for every arm (same theta_0, same examples), so they
+are evaluated once and copied into every other run under `--out` before its evaluation.
+Interrupt it at any point and run it again: it continues. The figures and tables come from
+the copied rows:
+
+    python -m experiments.figures --workdirs <results>/*_s* --out <results> --no_toy \
+        --only findings,paired_changes
 """
 
 from __future__ import annotations
@@ -128,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         trained = time.perf_counter() - t0
         if not a.no_eval:
             evaluation = analysis_settings(a.data_dir, tasks, a.num_examples, a.likelihood)
-            shared = share_base_rows(workdir, workdirs, evaluation.row_settings())
+            # every run under --out, also those of earlier invocations
+            others = sorted(d for d in out.iterdir() if d.is_dir())
+            shared = share_base_rows(workdir, others, evaluation.row_settings())
             analysis.analyze_run(workdir, evaluation)
             RunDir(workdir).close()
             print(f"{workdir.name}: base rows shared {shared}", flush=True)

@@ -429,3 +429,40 @@ def test_likelihood_scored_tasks_are_named_as_such():
     assert figures._nice("piqa:ll") == "PIQA (log-lik.)"
     assert figures._nice("arc_challenge:ll") == "ARC-Challenge (log-lik.)"
     assert figures._nice("piqa") == "PIQA"
+
+
+def test_arm_comparison_pairs_runs_on_the_same_examples_at_their_last_evaluation(
+    tmp_path, tiny_dir
+):
+    rng = np.random.default_rng(1)
+    a = rng.random(300) < 0.4
+    b = a | (rng.random(300) < 0.15)  # b gets about 9 % more right, loses none
+    finals = {"a": (12, a), "b": (12, b), "c": (12, a[:200]), "d": (8, a)}
+    workdirs = []
+    for name, (last, final) in finals.items():
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps(tiny_config(workdir, tiny_dir).to_dict()))
+        base = np.zeros(len(final), bool)
+        rows = [{"iteration": t, "task": "piqa:ll", "accuracy": float(np.mean(x)),
+                 "correct": x.astype(int).tolist(), "num_examples": len(x)}
+                for t, x in ((0, base), (last, final))]  # fmt: skip
+        (workdir / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        workdirs.append(workdir)
+    runs = figures.load_runs(workdirs)
+    pairs = figures.arm_pairs(runs)
+    # c has other examples, d ended at another iteration: only a and b compare
+    assert [(x.workdir, y.workdir, t) for x, y, t, _ in pairs] == [
+        (workdirs[0], workdirs[1], "piqa:ll")
+    ]  # fmt: skip
+    d = pairs[0][3]
+    want = analysis.stats.paired_difference(a, b)
+    assert d["diff"] == pytest.approx(want["diff"]) and d["diff"] > 0
+    assert d["lost"] == 0 and d["iteration"] == 12
+    (line,) = figures.arm_comparison_table(runs).splitlines()[2:]
+    cells = line.strip("| ").split(" | ")
+    assert cells[:5] == ["PIQA (log-lik.)", runs[0].label, runs[1].label, "300", "12"]
+    assert cells[7].startswith(f"**{100 * want['diff']:+.1f} [")
+    assert cells[8] == f"+{d['gained']}/-0"
+    latex = figures.arm_comparison_table(runs, "latex")
+    assert "\\begin{tabular}{lllrrrrrrr}" in latex and "\\textbf{" in latex

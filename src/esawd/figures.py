@@ -111,10 +111,10 @@ class Run:
     def last_drift(self) -> dict[str, Any] | None:
         return max(self.drift, key=lambda r: r["iteration"]) if self.drift else None
 
-    def paired_change(self, task: str) -> dict[str, Any] | None:
-        """The first and the last evaluation of `task` compared example by example
-        (`analysis.stats.paired_difference`: Wilson intervals, Newcombe's interval of the
-        change, McNemar's p); None without two evaluations that kept per-example results."""
+    def evaluations(self, task: str) -> list[dict[str, Any]]:
+        """`task`'s evaluations that kept per-example results ({iteration, correct}, in
+        iteration order); the target's from the trainer's held-out evaluations when the
+        analysis has fewer than two."""
         rows = sorted(
             (r for r in self.forgetting if r["task"] == task and "correct" in r),
             key=lambda r: r["iteration"],
@@ -123,6 +123,13 @@ class Run:
             rows = [{"iteration": r["iteration"], "correct": r["eval/correct"]}
                     for r in self.metrics if "eval/correct" in r]  # fmt: skip
             rows.sort(key=lambda r: r["iteration"])
+        return rows
+
+    def paired_change(self, task: str) -> dict[str, Any] | None:
+        """The first and the last evaluation of `task` compared example by example
+        (`analysis.stats.paired_difference`: Wilson intervals, Newcombe's interval of the
+        change, McNemar's p); None without two evaluations that kept per-example results."""
+        rows = self.evaluations(task)
         if len(rows) < 2 or len(rows[0]["correct"]) != len(rows[-1]["correct"]):
             return None
         d = analysis.stats.paired_difference(rows[0]["correct"], rows[-1]["correct"])
@@ -882,20 +889,25 @@ def accuracy_change_table(
     return _render(head, body, fmt, notes)
 
 
-def _render(head: list[str], body: list[list[str]], fmt: str, notes: list[str]) -> str:
+def _render(
+    head: list[str], body: list[list[str]], fmt: str, notes: list[str], *, text_columns: int = 2
+) -> str:
     """A table as markdown, or as a booktabs tabular after LaTeX comment lines `notes` (the
-    first two columns are text, the others numbers)."""
+    first `text_columns` columns are text, the others numbers)."""
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines) + "\n"
     lines = [
         *notes,
-        "\\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
+        "\\begin{tabular}{" + "l" * text_columns + "r" * (len(head) - text_columns) + "}",
         "\\toprule",
         " & ".join(_latex_text(h) for h in head) + " \\\\",
         "\\midrule",
-        *[" & ".join([_latex_text(c[0]), _latex_text(c[1]), *c[2:]]) + " \\\\" for c in body],
+        *[
+            " & ".join([*map(_latex_text, c[:text_columns]), *c[text_columns:]]) + " \\\\"
+            for c in body
+        ],
         "\\bottomrule",
         "\\end{tabular}",
     ]
@@ -990,6 +1002,53 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     return _render(head, body, fmt, notes)
 
 
+def arm_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run, str, dict[str, Any]]]:
+    """(a, b, task, difference) for every pair of runs (a before b in `runs`) and every task
+    both evaluated last at the same iteration on the same examples: b's final accuracy minus
+    a's, paired example by example (`analysis.stats.paired_difference`)."""
+    out = []
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            for task in _task_order(_ordered_union([a.paired_tasks, b.paired_tasks])):
+                ra, rb = a.evaluations(task), b.evaluations(task)
+                if not (ra and rb) or ra[-1]["iteration"] != rb[-1]["iteration"]:
+                    continue
+                if len(ra[-1]["correct"]) != len(rb[-1]["correct"]):
+                    continue
+                d = analysis.stats.paired_difference(ra[-1]["correct"], rb[-1]["correct"])
+                out.append((a, b, task, {"iteration": ra[-1]["iteration"], **d}))
+    return out
+
+
+def arm_comparison_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
+    """Runs compared with each other at their last evaluation, on the same examples: each
+    run's accuracy with its Wilson 95 % interval, the difference (second minus first) with
+    Newcombe's paired 95 % interval, the examples only the second / only the first got right,
+    and McNemar's exact p. A difference is called (bold) only when its interval excludes 0."""
+    if fmt not in ("markdown", "latex"):
+        raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    head = ["Task", "First run", "Second run", "n", "t", "First", "Second",
+            "Second - first (points)", "+/-", "McNemar p"]  # fmt: skip
+    body = []
+    for a, b, task, d in arm_pairs(runs):
+        lo, hi = d["diff_ci"]
+        diff = f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        if lo > 0 or hi < 0:
+            diff = f"**{diff}**" if fmt == "markdown" else f"\\textbf{{{diff}}}"
+        body.append([
+            _TABLE_NAMES.get(task, _nice(task)), a.label, b.label, str(d["n"]), str(d["iteration"]),
+            f"{pct(d['before'])} [{pct(d['before_ci'][0])}, {pct(d['before_ci'][1])}]",
+            f"{pct(d['after'])} [{pct(d['after_ci'][0])}, {pct(d['after_ci'][1])}]",
+            diff, f"+{d['gained']}/-{d['lost']}", f"{d['p_mcnemar']:.2g}",
+        ])  # fmt: skip
+    notes = [
+        "% Accuracy (%) at the last evaluation, Wilson 95 % intervals; the difference with",
+        "% Newcombe's paired interval on the same examples; needs \\usepackage{booktabs}.",
+    ]
+    return _render(head, body, fmt, notes, text_columns=3)
+
+
 # Each table: (writer(runs, fmt), has_data(runs), reason when it has none).
 TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str]] = {
     "accuracy_change": (
@@ -1001,6 +1060,11 @@ TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str
         paired_change_table,
         lambda rs: any(r.paired_tasks for r in rs),
         "no run has a task evaluated twice with per-example results",
+    ),
+    "arm_comparison": (
+        arm_comparison_table,
+        lambda rs: bool(arm_pairs(rs)),
+        "no two runs evaluated a task last at the same iteration on the same examples",
     ),
 }
 
