@@ -92,6 +92,19 @@ def share_base_rows(workdir: Path, others: list[Path], wanted: dict) -> int:
     return copied
 
 
+def result_workdirs(results: str | Path) -> list[Path]:
+    """The copied runs under `results` in the design's order (configs/findings.py ARMS, then
+    seed): the order the arm comparison pairs them in."""
+    found = [d for d in Path(results).iterdir() if (d / "config.json").exists()]
+    order = {arm: i for i, arm in enumerate(findings.ARMS)}
+
+    def key(d: Path) -> tuple[int, int]:
+        arm, seed = findings.parse(d.name)
+        return order[arm], seed
+
+    return sorted(found, key=key)
+
+
 def collect(workdir: Path, results: Path) -> None:
     """Copy the run's rows (ROW_FILES that exist) to `results`."""
     results.mkdir(parents=True, exist_ok=True)

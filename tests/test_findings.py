@@ -64,11 +64,12 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "findings"
 def test_the_committed_findings_figure_and_table_rebuild_from_the_committed_rows(tmp_path):
     """docs/results.md's findings table and figure come from the rows under
     docs/results/findings/ (no checkpoints) through `python -m experiments.figures`."""
-    workdirs = sorted(str(d) for d in RESULTS.iterdir() if (d / "config.json").exists())
+    workdirs = [str(d) for d in runner.result_workdirs(RESULTS)]
     assert workdirs, f"{RESULTS} holds no run's rows"
     figures_cli.main(["--workdirs", *workdirs, "--out", str(tmp_path), "--no_toy",
-                      "--only", "findings,paired_changes"])  # fmt: skip
-    for name in ("paired_changes.md", "paired_changes.tex"):
+                      "--only", "findings,paired_changes,arm_comparison"])  # fmt: skip
+    for name in ("paired_changes.md", "paired_changes.tex", "arm_comparison.md",
+                 "arm_comparison.tex"):  # fmt: skip
         assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
     assert (tmp_path / "findings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table has a row per run and task pair evaluated twice, the target among them
