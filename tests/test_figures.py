@@ -464,5 +464,9 @@ def test_arm_comparison_pairs_runs_on_the_same_examples_at_their_last_evaluation
     assert cells[:5] == ["PIQA (log-lik.)", runs[0].label, runs[1].label, "300", "12"]
     assert cells[7].startswith(f"**{100 * want['diff']:+.1f} [")
     assert cells[8] == f"+{d['gained']}/-0"
+    # examples changed from t=0: a's and b's flips compared paired
+    flips = analysis.stats.paired_difference(a, b)  # from the all-wrong base: flips = right
+    assert cells[10] == f"{100 * flips['before']:.1f} → {100 * flips['after']:.1f}"
+    assert cells[11] == f"{d['changed']['p_mcnemar']:.2g}"
     latex = figures.arm_comparison_table(runs, "latex")
-    assert "\\begin{tabular}{lllrrrrrrr}" in latex and "\\textbf{" in latex
+    assert "\\begin{tabular}{lllrrrrrrrrr}" in latex and "\\textbf{" in latex

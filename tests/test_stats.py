@@ -39,6 +39,8 @@ def test_paired_difference_counts_and_symmetry():
     r = stats.paired_difference(before, after)
     assert (r["n"], r["gained"], r["lost"]) == (100, 30, 5)
     assert r["before"] == pytest.approx(0.15) and r["after"] == pytest.approx(0.40)
+    assert r["changed"] == pytest.approx(0.35)  # 35 of 100 moved, either way
+    assert r["changed_ci"] == pytest.approx(stats.wilson_interval(35, 100))
     lo, hi = r["diff_ci"]
     assert r["diff"] == pytest.approx(0.25)
     assert 0 < lo < r["diff"] < hi

@@ -976,13 +976,15 @@ FIGURES: dict[str, tuple[Callable, Callable[[Sequence[Run]], bool], str]] = {
 def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     """Every run's first and last evaluation of every task, paired example by example:
     accuracy with its Wilson 95 % interval, the change in points with Newcombe's paired 95 %
-    interval, gained/lost examples and McNemar's exact p. A change is called (bold in
-    markdown) only when its interval excludes 0. fmt: 'markdown' or 'latex'."""
+    interval, gained/lost examples, the share of examples whose result changed either way
+    (Wilson interval) and McNemar's exact p. A change is called (bold in markdown) only when
+    its interval excludes 0. fmt: 'markdown' or 'latex'."""
     if fmt not in ("markdown", "latex"):
         raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     ci = lambda lo, hi: f"[{pct(lo)}, {pct(hi)}]"  # noqa: E731
-    head = ["Run", "Task", "n", "t", "Before", "After", "Change (points)", "+/-", "McNemar p"]
+    head = ["Run", "Task", "n", "t", "Before", "After", "Change (points)", "+/-", "Changed (%)",
+            "McNemar p"]  # fmt: skip
     body = []
     for run in runs:
         for task in run.paired_tasks:
@@ -996,7 +998,8 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
                 f"{d['from']}→{d['to']}" if fmt == "markdown" else f"{d['from']}--{d['to']}",
                 f"{pct(d['before'])} {ci(*d['before_ci'])}",
                 f"{pct(d['after'])} {ci(*d['after_ci'])}",
-                change, f"+{d['gained']}/-{d['lost']}", f"{d['p_mcnemar']:.2g}",
+                change, f"+{d['gained']}/-{d['lost']}",
+                f"{pct(d['changed'])} {ci(*d['changed_ci'])}", f"{d['p_mcnemar']:.2g}",
             ])  # fmt: skip
     notes = ["% Accuracy (%) with Wilson 95 % intervals; change with Newcombe's paired interval."]
     return _render(head, body, fmt, notes)
@@ -1005,7 +1008,8 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
 def arm_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run, str, dict[str, Any]]]:
     """(a, b, task, difference) for every pair of runs (a before b in `runs`) and every task
     both evaluated last at the same iteration on the same examples: b's final accuracy minus
-    a's, paired example by example (`analysis.stats.paired_difference`)."""
+    a's, paired example by example (`analysis.stats.paired_difference`); where both started
+    from iteration 0, `changed` compares the same way which examples changed from the base."""
     out = []
     for i, a in enumerate(runs):
         for b in runs[i + 1 :]:
@@ -1016,7 +1020,11 @@ def arm_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run, str, dict[str, Any]]]
                 if len(ra[-1]["correct"]) != len(rb[-1]["correct"]):
                     continue
                 d = analysis.stats.paired_difference(ra[-1]["correct"], rb[-1]["correct"])
-                out.append((a, b, task, {"iteration": ra[-1]["iteration"], **d}))
+                d = {"iteration": ra[-1]["iteration"], **d}
+                if ra[0]["iteration"] == rb[0]["iteration"] == 0 and len(ra) > 1 and len(rb) > 1:
+                    flips = [np.not_equal(r[0]["correct"], r[-1]["correct"]) for r in (ra, rb)]
+                    d["changed"] = analysis.stats.paired_difference(*flips)
+                out.append((a, b, task, d))
     return out
 
 
@@ -1024,12 +1032,15 @@ def arm_comparison_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     """Runs compared with each other at their last evaluation, on the same examples: each
     run's accuracy with its Wilson 95 % interval, the difference (second minus first) with
     Newcombe's paired 95 % interval, the examples only the second / only the first got right,
-    and McNemar's exact p. A difference is called (bold) only when its interval excludes 0."""
+    and McNemar's exact p; then the share of examples whose result changed from iteration 0
+    in each run, and McNemar's p for that difference. A difference is called (bold) only when
+    its interval excludes 0."""
     if fmt not in ("markdown", "latex"):
         raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     head = ["Task", "First run", "Second run", "n", "t", "First", "Second",
-            "Second - first (points)", "+/-", "McNemar p"]  # fmt: skip
+            "Second - first (points)", "+/-", "McNemar p", "Changed from t=0 (%)",
+            "McNemar p (changed)"]  # fmt: skip
     body = []
     for a, b, task, d in arm_pairs(runs):
         lo, hi = d["diff_ci"]
@@ -1041,6 +1052,10 @@ def arm_comparison_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
             f"{pct(d['before'])} [{pct(d['before_ci'][0])}, {pct(d['before_ci'][1])}]",
             f"{pct(d['after'])} [{pct(d['after_ci'][0])}, {pct(d['after_ci'][1])}]",
             diff, f"+{d['gained']}/-{d['lost']}", f"{d['p_mcnemar']:.2g}",
+            *((f"{pct(d['changed']['before'])} → {pct(d['changed']['after'])}"
+               if fmt == "markdown" else
+               f"{pct(d['changed']['before'])} $\\to$ {pct(d['changed']['after'])}",
+               f"{d['changed']['p_mcnemar']:.2g}") if "changed" in d else ("-", "-")),
         ])  # fmt: skip
     notes = [
         "% Accuracy (%) at the last evaluation, Wilson 95 % intervals; the difference with",

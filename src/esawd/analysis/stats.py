@@ -85,8 +85,10 @@ def paired_difference(
 ) -> dict[str, Any]:
     """Accuracy before and after on the same examples, the change with its interval.
 
-    Returns {n, before, after, before_ci, after_ci, diff, diff_ci, gained, lost, p_mcnemar}:
-    `gained` examples went wrong -> right, `lost` right -> wrong."""
+    Returns {n, before, after, before_ci, after_ci, diff, diff_ci, gained, lost, changed,
+    changed_ci, p_mcnemar}: `gained` examples went wrong -> right, `lost` right -> wrong,
+    `changed` is their share (gained + lost) / n with its Wilson interval: how many answers
+    moved at all, which an undirected change raises even when it leaves accuracy level."""
     x = np.asarray(before, bool)
     y = np.asarray(after, bool)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
@@ -121,5 +123,7 @@ def paired_difference(
         "diff_ci": (max(-1.0, lower), min(1.0, upper)),
         "gained": gained,
         "lost": lost,
+        "changed": (gained + lost) / n,
+        "changed_ci": wilson_interval(gained + lost, n, z=z),
         "p_mcnemar": mcnemar_p(lost, gained),
     }
