@@ -328,9 +328,11 @@ def plot_lambda_ablation(runs: Sequence[Run]) -> plt.Figure:
 def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     """The three findings side by side, one column per run: (a) every task's change from the
     first to the last evaluation with Newcombe's paired 95 % interval (the target starred,
-    prior tasks dotted), (b) the final weight drift, (c) the final KL(base || tuned), averaged
-    over the prior tasks (the paper's Figures 1, 4 and 5 in one)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    prior tasks dotted), (b) the share of each prior task's examples whose result changed
+    either way, with its Wilson interval (an undirected walk raises it even where accuracy
+    stays level), (c) the final weight drift, (d) the final KL(base || tuned), averaged over
+    the prior tasks (the paper's Figures 1, 4 and 5 in one)."""
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     x = np.arange(len(runs))
     tasks = _task_order(_ordered_union([r.paired_tasks for r in runs]))
     targets = {r.target for r in runs}
@@ -351,17 +353,35 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set(ylabel="accuracy change (points), paired 95 % CI", title="(a) Target and prior tasks")
     ax.legend(fontsize=8)
+    ax = axes[1]
+    for j, task in enumerate(tasks):
+        if task in targets:
+            continue
+        pts = [(i, run.paired_change(task)) for i, run in enumerate(runs)]
+        pts = [(i, d) for i, d in pts if d is not None]
+        if not pts:
+            continue
+        xs = np.array([i for i, _ in pts]) + (j - (len(tasks) - 1) / 2) * width
+        mid = np.array([100 * d["changed"] for _, d in pts])
+        lo = mid - np.array([100 * d["changed_ci"][0] for _, d in pts])
+        hi = np.array([100 * d["changed_ci"][1] for _, d in pts]) - mid
+        ax.errorbar(xs, mid, yerr=[lo, hi], fmt="o", ms=5, capsize=3, color=f"C{j}",
+                    label=_TABLE_NAMES.get(task, _nice(task)))  # fmt: skip
+    ax.set(ylabel="examples changed (%), Wilson 95 % CI", title="(b) Prior-task answers changed")
+    ax.set_ylim(bottom=0)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     drift = [r.last_drift()["frobenius"] if r.drift else np.nan for r in runs]
-    axes[1].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
-    axes[1].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(b) Weight drift")
+    axes[2].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
+    axes[2].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(c) Weight drift")
     kls = []
     for r in runs:
         last = {row["task"]: row["kl"] for row in r.kl
                 if row["iteration"] == max((q["iteration"] for q in r.kl), default=0)}  # fmt: skip
         prior = [v for t, v in last.items() if t != r.target]
         kls.append(np.mean(prior) if prior else np.nan)
-    axes[2].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
-    axes[2].set(ylabel="nats / token", title="(c) KL(base || tuned), prior-task prompts")
+    axes[3].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
+    axes[3].set(ylabel="nats / token", title="(d) KL(base || tuned), prior-task prompts")
     for a in axes:
         a.set_xticks(x, [r.label for r in runs], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
