@@ -336,41 +336,33 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     x = np.arange(len(runs))
     tasks = _task_order(_ordered_union([r.paired_tasks for r in runs]))
     targets = {r.target for r in runs}
-    ax = axes[0]
     width = 0.7 / max(len(tasks), 1)
-    for j, task in enumerate(tasks):
-        pts = [(i, run.paired_change(task)) for i, run in enumerate(runs)]
-        pts = [(i, d) for i, d in pts if d is not None]
-        if not pts:
-            continue
-        xs = np.array([i for i, _ in pts]) + (j - (len(tasks) - 1) / 2) * width
-        mid = np.array([100 * d["diff"] for _, d in pts])
-        lo = mid - np.array([100 * d["diff_ci"][0] for _, d in pts])
-        hi = np.array([100 * d["diff_ci"][1] for _, d in pts]) - mid
-        star, name = task in targets, _TABLE_NAMES.get(task, _nice(task))
-        ax.errorbar(xs, mid, yerr=[lo, hi], fmt="*" if star else "o", ms=8 if star else 5,
-                    capsize=3, color=f"C{j}", label=name)  # fmt: skip
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.set(ylabel="accuracy change (points), paired 95 % CI", title="(a) Target and prior tasks")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for j, task in enumerate(tasks):
-        if task in targets:
-            continue
-        pts = [(i, run.paired_change(task)) for i, run in enumerate(runs)]
-        pts = [(i, d) for i, d in pts if d is not None]
-        if not pts:
-            continue
-        xs = np.array([i for i, _ in pts]) + (j - (len(tasks) - 1) / 2) * width
-        mid = np.array([100 * d["changed"] for _, d in pts])
-        lo = mid - np.array([100 * d["changed_ci"][0] for _, d in pts])
-        hi = np.array([100 * d["changed_ci"][1] for _, d in pts]) - mid
-        ax.errorbar(xs, mid, yerr=[lo, hi], fmt="o", ms=5, capsize=3, color=f"C{j}",
-                    label=_TABLE_NAMES.get(task, _nice(task)))  # fmt: skip
-    ax.set(ylabel="examples changed (%), Wilson 95 % CI", title="(b) Prior-task answers changed")
-    ax.set_ylim(bottom=0)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+
+    def bars(ax, key: str, with_targets: bool) -> None:
+        """Per task (a colour each), every run's paired_change[key] with its interval."""
+        for j, task in enumerate(tasks):
+            pts = [(i, run.paired_change(task)) for i, run in enumerate(runs)]
+            pts = [(i, d) for i, d in pts if d is not None]
+            if not pts or (task in targets and not with_targets):
+                continue
+            xs = np.array([i for i, _ in pts]) + (j - (len(tasks) - 1) / 2) * width
+            mid = np.array([100 * d[key] for _, d in pts])
+            lo = mid - np.array([100 * d[f"{key}_ci"][0] for _, d in pts])
+            hi = np.array([100 * d[f"{key}_ci"][1] for _, d in pts]) - mid
+            star, name = task in targets, _TABLE_NAMES.get(task, _nice(task))
+            ax.errorbar(xs, mid, yerr=[lo, hi], fmt="*" if star else "o", ms=8 if star else 5,
+                        capsize=3, color=f"C{j}", label=name)  # fmt: skip
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+
+    bars(axes[0], "diff", with_targets=True)
+    axes[0].axhline(0, color="0.5", lw=0.8)
+    axes[0].set(ylabel="accuracy change (points), paired 95 % CI",
+                title="(a) Target and prior tasks")  # fmt: skip
+    bars(axes[1], "changed", with_targets=False)
+    axes[1].set(ylabel="examples changed (%), Wilson 95 % CI",
+                title="(b) Prior-task answers changed")  # fmt: skip
+    axes[1].set_ylim(bottom=0)
     drift = [r.last_drift()["frobenius"] if r.drift else np.nan for r in runs]
     axes[2].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
     axes[2].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(c) Weight drift")
