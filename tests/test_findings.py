@@ -1,5 +1,6 @@
 """configs/findings.py (the three findings' arms) and experiments/findings.py (the runner)."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -93,3 +94,21 @@ def test_likelihood_base_rows_are_shared_when_their_example_counts_match(tmp_pat
     assert runner.share_base_rows(b, [c, a, b], wanted) == 1  # a's; c scored 11 examples
     got = [json.loads(x) for x in (b / analysis.FORGETTING_FILE).read_text().splitlines()]
     assert got == rows[:1]
+
+
+def test_the_findings_tables_in_results_md_are_rows_of_the_committed_tables():
+    """Every row docs/results.md shows under a table header of paired_changes.md or
+    arm_comparison.md is a row of that file: the numbers in the text come from the rows."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = doc[doc.index("## The three findings at CPU scale") :]
+    section = section[: section.index("\n## ", 1)]
+    checked = 0
+    for name in ("paired_changes.md", "arm_comparison.md"):
+        table = (RESULTS / name).read_text().splitlines()
+        header = table[0]
+        assert header in section, f"docs/results.md shows no {name}"
+        lines = section[section.index(header) :].splitlines()[2:]
+        rows = [line for line in itertools.takewhile(lambda x: x.startswith("|"), lines)]
+        assert rows and all(row in table for row in rows), name
+        checked += len(rows)
+    assert checked >= 10
