@@ -238,6 +238,21 @@ def test_eval_subset_matches_the_reference_protocol(data_dir):
     assert eval_subset(small) == small  # fewer than 2048: all, in order
 
 
+@pytest.mark.parametrize(
+    ("name", "split", "options"),
+    [("piqa", "validation", {2}), ("arc_challenge", "test", {3, 4, 5}), ("mmlu_pro", "test", None)],
+)
+def test_every_real_prior_task_row_is_a_multiple_choice_item(data_dir, name, split, options):
+    """Likelihood scoring (esawd.analysis.likelihood) reads every row: the answer indexes its
+    options, which are non-empty text after a non-empty context."""
+    task = get_task(name)
+    for example in task.load(split, data_dir):
+        item = task.choices(example)
+        assert item.context.strip() and all(o.strip() for o in item.options), example["id"]
+        assert options is None or len(item.options) in options, example["id"]
+        assert 2 <= len(item.options) <= 10
+
+
 # ----- formats without the real data --------------------------------------------------------
 
 
