@@ -66,7 +66,7 @@ def option_scores(
         chunk = [pairs[k] for k in order[start : start + batch_size]]
         width = _ceil(max(len(p[2]) for p in chunk), _PROMPT_BUCKET)
         cwidth = _ceil(max(len(p[3]) for p in chunk), _OPTION_BUCKET)
-        rows = batch_size  # a fixed batch (padded with copies of the first) compiles once
+        rows = batch_size  # a fixed batch (padded with copies of its last pair) compiles once
         ids = np.full((rows, width), pad_id, np.int32)
         mask = np.zeros((rows, width), bool)
         cont = np.full((rows, cwidth), pad_id, np.int32)
