@@ -14,7 +14,9 @@ Interrupt it at any point and run it again: it continues. The figures and tables
 the copied rows:
 
     python -m experiments.figures --workdirs <results>/*_s* --out <results> --no_toy \
-        --only findings,paired_changes
+        --only findings,paired_changes,arm_comparison,seeds
+
+(`OUTPUTS`; `result_workdirs(results)` lists the runs in the design's order.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ ROW_FILES = (
     "config.json", "metrics.jsonl", "es_log.jsonl", "summary.json", "forgetting.jsonl",
     "kl.jsonl", "weight_drift.jsonl", "evaluate.json",
 )  # fmt: skip
+# What docs/results.md shows of the copied rows: the `experiments.figures --only` names.
+OUTPUTS = ("findings", "paired_changes", "arm_comparison", "seeds")
 # Prior-task generation budgets: PIQA and ARC answer with a letter or a number after a short
 # rationale at most; MMLU-Pro likewise (docs/results.md, "The three findings").
 MAX_NEW_TOKENS = {"piqa": 8, "arc_challenge": 128, "mmlu_pro": 128}

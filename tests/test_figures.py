@@ -286,11 +286,11 @@ def test_write_figures_writes_the_new_figures_and_both_tables(paper_runs, tmp_pa
 def test_figures_command_writes_every_figure(runs, tmp_path, capsys):
     figures_cli.main(["--workdirs", *runs, "--out", str(tmp_path), "--no_toy"])
     written = {p.name for p in tmp_path.iterdir()}
-    assert written == RUN_FIGURES | TABLE_FILES
+    assert written == RUN_FIGURES | TABLE_FILES - {"seeds.md", "seeds.tex"}  # one seed per arm
+    assert "skipped seeds: no arm has runs of several seeds" in capsys.readouterr().out
     for name in RUN_FIGURES:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    assert "wrote" in capsys.readouterr().out
 
 
 def test_figures_without_evaluation_are_skipped_with_the_reason(runs, tmp_path, capsys):
@@ -470,3 +470,63 @@ def test_arm_comparison_pairs_runs_on_the_same_examples_at_their_last_evaluation
     assert cells[11] == f"{d['changed']['p_mcnemar']:.2g}"
     latex = figures.arm_comparison_table(runs, "latex")
     assert "\\begin{tabular}{lllrrrrrrrrr}" in latex and "\\textbf{" in latex
+
+
+def test_seeds_are_labelled_paired_within_and_set_side_by_side(tmp_path, tiny_dir):
+    """Runs of one arm and several seeds: labels name the seed; the arm comparison pairs only
+    runs of one seed (another seed draws other target examples); the seeds table sets each
+    seed's paired change, drift and KL side by side with their mean and the seeds that call it."""
+    rng = np.random.default_rng(2)
+    base = rng.random(500) < 0.5
+    lost = base & (rng.random(500) < 0.7)  # about 15 points lost: called
+    kept = base ^ (rng.random(500) < 0.02)  # a few flipped either way: not called
+    arms = {"x_s0": (4, 0, lost, 30.0), "x_s1": (4, 1, kept, 20.0), "y_s0": (16, 0, kept, 10.0)}
+    workdirs = []
+    for name, (n, seed, final, drift) in arms.items():
+        workdir = tmp_path / name
+        workdir.mkdir()
+        c = tiny_config(workdir, tiny_dir)
+        c.es.population_size, c.es.seed = n, seed
+        (workdir / "config.json").write_text(json.dumps(c.to_dict()))
+        rows = [{"iteration": t, "task": "piqa", "accuracy": float(np.mean(x)),
+                 "correct": x.astype(int).tolist(), "num_examples": 500}
+                for t, x in ((0, base), (12, final))]  # fmt: skip
+        (workdir / analysis.FORGETTING_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        held_out = [{"iteration": t, "eval/correct": [0, 0, 1, t > 0]} for t in (0, 12)]
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
+        d = {"iteration": 12, "frobenius": drift, "relative": 0.1, "per_module": {}}
+        (workdir / analysis.DRIFT_FILE).write_text(json.dumps(d) + "\n")
+        kl = [{"iteration": 12, "task": "piqa", "kl": drift / 1000}]
+        (workdir / analysis.KL_FILE).write_text(json.dumps(kl[0]) + "\n")
+        workdirs.append(workdir)
+    runs = figures.load_runs(workdirs)
+    x0, x1, y0 = runs
+    assert x0.arm == x1.arm != y0.arm and (x0.seed, x1.seed, y0.seed) == (0, 1, 0)
+    assert x0.label == f"{x0.arm} (seed 0)" and x1.label == f"{x0.arm} (seed 1)"
+    assert y0.label == y0.arm  # no clash, no suffix
+    # only x0 and y0 share a seed: x1's target examples are other ones
+    assert {(a.workdir.name, b.workdir.name) for a, b, _, _ in figures.arm_pairs(runs)} == {
+        ("x_s0", "y_s0")
+    }
+    assert figures.TABLES["seeds"][1](runs) and not figures.TABLES["seeds"][1]([x0, y0])
+    table = figures.seed_table(runs)
+    lines = table.splitlines()
+    assert lines[0] == "| Arm | Measure | Seed 0 | Seed 1 | Mean | Called (+/-) |"
+    row = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:]}
+    cells = row[(x0.arm, "PIQA: change (points)")].strip("| ").split(" | ")
+    d0, d1 = (analysis.stats.paired_difference(base, f) for f in (lost, kept))
+    assert d0["diff_ci"][1] < 0 and d1["diff_ci"][0] <= 0 <= d1["diff_ci"][1]
+    assert cells[2].startswith(f"**{100 * d0['diff']:+.1f} [")  # called in seed 0
+    assert cells[3].startswith(f"{100 * d1['diff']:+.1f} [")  # not in seed 1
+    assert cells[4] == f"{50 * (d0['diff'] + d1['diff']):+.1f}"
+    assert cells[5] == "+0/-1 of 2"
+    changed = row[(x0.arm, "PIQA: changed (%)")].strip("| ").split(" | ")
+    assert changed[2:4] == [f"{100 * d0['changed']:.1f}", f"{100 * d1['changed']:.1f}"]
+    assert row[(x0.arm, "Drift")].strip("| ").split(" | ")[2:5] == ["30", "20", "25"]
+    assert row[(x0.arm, "KL (nats/token)")].strip("| ").split(" | ")[2:5] == [
+        "0.0300", "0.0200", "0.0250"
+    ]  # fmt: skip
+    assert row[(y0.arm, "Drift")].strip("| ").split(" | ")[2:4] == ["10", "-"]
+    # the target first in each arm, from the trainer's held-out evaluations
+    assert lines[2].split(" | ")[1] == "Countdown: change (points)"
+    assert "\\begin{tabular}{llrrrr}" in figures.seed_table(runs, "latex")

@@ -68,9 +68,9 @@ def test_the_committed_findings_figure_and_table_rebuild_from_the_committed_rows
     workdirs = [str(d) for d in runner.result_workdirs(RESULTS)]
     assert workdirs, f"{RESULTS} holds no run's rows"
     figures_cli.main(["--workdirs", *workdirs, "--out", str(tmp_path), "--no_toy",
-                      "--only", "findings,paired_changes,arm_comparison"])  # fmt: skip
-    for name in ("paired_changes.md", "paired_changes.tex", "arm_comparison.md",
-                 "arm_comparison.tex"):  # fmt: skip
+                      "--only", ",".join(runner.OUTPUTS)])  # fmt: skip
+    tables = [f"{name}.{ext}" for name in runner.OUTPUTS[1:] for ext in ("md", "tex")]
+    for name in tables:
         assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
     assert (tmp_path / "findings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table has a row per run and task pair evaluated twice, the target among them
@@ -97,13 +97,14 @@ def test_likelihood_base_rows_are_shared_when_their_example_counts_match(tmp_pat
 
 
 def test_the_findings_tables_in_results_md_are_rows_of_the_committed_tables():
-    """Every row docs/results.md shows under a table header of paired_changes.md or
-    arm_comparison.md is a row of that file: the numbers in the text come from the rows."""
+    """Every row docs/results.md shows under a table header of paired_changes.md,
+    arm_comparison.md or seeds.md is a row of that file: the numbers in the text come from
+    the rows."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
     section = doc[doc.index("## The three findings at CPU scale") :]
     section = section[: section.index("\n## ", 1)]
     checked = 0
-    for name in ("paired_changes.md", "arm_comparison.md"):
+    for name in ("paired_changes.md", "arm_comparison.md", "seeds.md"):
         table = (RESULTS / name).read_text().splitlines()
         header = table[0]
         assert header in section, f"docs/results.md shows no {name}"

@@ -66,6 +66,17 @@ class Run:
         return self.config["es"]["population_size"] if self.method == "es" else None
 
     @property
+    def seed(self) -> int:
+        """es.seed or grpo.seed: it draws the noise (or the samples) and the target's training
+        and held-out examples (`esawd.loop.setup`), so runs of one seed share the latter."""
+        return int(self.config.get(self.method, {}).get("seed", 0))
+
+    @property
+    def arm(self) -> str:
+        """What the run is, without its seed: `analysis.run_label` of its config."""
+        return analysis.run_label(self.config)
+
+    @property
     def lam(self) -> float:
         """The AWD strength, 0 without AWD (GRPO: 0)."""
         awd = self.config.get("awd", {})
@@ -111,6 +122,15 @@ class Run:
     def last_drift(self) -> dict[str, Any] | None:
         return max(self.drift, key=lambda r: r["iteration"]) if self.drift else None
 
+    def last_prior_kl(self) -> float:
+        """KL(base || tuned) at the last iteration with KL rows, averaged over the prior
+        tasks' prompts; nan without one."""
+        if not self.kl:
+            return float("nan")
+        last = max(r["iteration"] for r in self.kl)
+        prior = [r["kl"] for r in self.kl if r["iteration"] == last and r["task"] != self.target]
+        return float(np.mean(prior)) if prior else float("nan")
+
     def evaluations(self, task: str) -> list[dict[str, Any]]:
         """`task`'s evaluations that kept per-example results ({iteration, correct}, in
         iteration order); the target's from the trainer's held-out evaluations when the
@@ -150,7 +170,8 @@ class Run:
 
 
 def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
-    """The runs at `workdirs`; labels made unique with the folder name where they clash."""
+    """The runs at `workdirs`; labels made unique where they clash: with the seed where the
+    clashing runs differ only in it ('ES N=4 (seed 1)'), else with the folder name."""
     runs = []
     for w in workdirs:
         root = Path(w)
@@ -166,10 +187,13 @@ def load_runs(workdirs: Sequence[str | Path]) -> list[Run]:
                 metrics=read_jsonl(root / "metrics.jsonl"),
             )
         )
-    labels = [r.label for r in runs]
-    for r in runs:
-        if labels.count(r.label) > 1:
-            r.label = f"{r.label} ({r.workdir.name})"
+    for label in {r.label for r in runs}:
+        clash = [r for r in runs if r.label == label]
+        if len(clash) < 2:
+            continue
+        by_seed = len({r.seed for r in clash}) == len(clash)
+        for r in clash:
+            r.label = f"{label} (seed {r.seed})" if by_seed else f"{label} ({r.workdir.name})"
     return runs
 
 
@@ -366,12 +390,7 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     drift = [r.last_drift()["frobenius"] if r.drift else np.nan for r in runs]
     axes[2].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
     axes[2].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(c) Weight drift")
-    kls = []
-    for r in runs:
-        last = {row["task"]: row["kl"] for row in r.kl
-                if row["iteration"] == max((q["iteration"] for q in r.kl), default=0)}  # fmt: skip
-        prior = [v for t, v in last.items() if t != r.target]
-        kls.append(np.mean(prior) if prior else np.nan)
+    kls = [r.last_prior_kl() for r in runs]
     axes[3].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
     axes[3].set(ylabel="nats / token", title="(d) KL(base || tuned), prior-task prompts")
     for a in axes:
@@ -1018,13 +1037,18 @@ def paired_change_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
 
 
 def arm_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run, str, dict[str, Any]]]:
-    """(a, b, task, difference) for every pair of runs (a before b in `runs`) and every task
-    both evaluated last at the same iteration on the same examples: b's final accuracy minus
-    a's, paired example by example (`analysis.stats.paired_difference`); where both started
-    from iteration 0, `changed` compares the same way which examples changed from the base."""
+    """(a, b, task, difference) for every pair of runs of the same seed (a before b in
+    `runs`) and every task both evaluated last at the same iteration on the same examples:
+    b's final accuracy minus a's, paired example by example
+    (`analysis.stats.paired_difference`); where both started from iteration 0, `changed`
+    compares the same way which examples changed from the base. Runs of different seeds are
+    not paired: their target's held-out examples differ (`Run.seed`); `seed_table` sets the
+    seeds side by side."""
     out = []
     for i, a in enumerate(runs):
         for b in runs[i + 1 :]:
+            if a.seed != b.seed:
+                continue
             for task in _task_order(_ordered_union([a.paired_tasks, b.paired_tasks])):
                 ra, rb = a.evaluations(task), b.evaluations(task)
                 if not (ra and rb) or ra[-1]["iteration"] != rb[-1]["iteration"]:
@@ -1076,6 +1100,71 @@ def arm_comparison_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     return _render(head, body, fmt, notes, text_columns=3)
 
 
+def seed_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """The runs by arm (`Run.arm`), in order of first appearance, each arm's runs by seed."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.arm, []).append(run)
+    return {arm: sorted(rs, key=lambda r: r.seed) for arm, rs in groups.items()}
+
+
+def seed_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
+    """Each arm's seeds side by side: per task, the change from the first to the last
+    evaluation (points, Newcombe's paired 95 % interval, bold where it excludes 0) and, for
+    prior tasks, the share of examples whose result changed (%); the final weight drift and
+    the final KL(base || tuned) on prior-task prompts. Mean: over the seeds that have the
+    measure; Called: in how many seeds the change's interval lay above / below 0. With a few
+    seeds this is a replication count, not a test across seeds."""
+    if fmt not in ("markdown", "latex"):
+        raise ValueError(f"fmt={fmt!r}: choose 'markdown' or 'latex'")
+    seeds = sorted({r.seed for r in runs})
+    head = ["Arm", "Measure", *(f"Seed {k}" for k in seeds), "Mean", "Called (+/-)"]
+    bold = (lambda x: f"**{x}**") if fmt == "markdown" else (lambda x: f"\\textbf{{{x}}}")
+    body = []
+    for arm, group in seed_groups(runs).items():
+        by_seed = {r.seed: r for r in group}
+        targets = {r.target for r in group}
+        tasks = _task_order(_ordered_union([r.paired_tasks for r in group]))
+        for task in sorted(tasks, key=lambda t: t not in targets):
+            name = _TABLE_NAMES.get(task, _nice(task))
+            changes = {k: r.paired_change(task) for k, r in by_seed.items()}
+            changes = {k: d for k, d in changes.items() if d is not None}
+            cells, up, down = [], 0, 0
+            for k in seeds:
+                d = changes.get(k)
+                if d is None:
+                    cells.append("-")
+                    continue
+                lo, hi = d["diff_ci"]
+                cell = f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                up, down = up + (lo > 0), down + (hi < 0)
+                cells.append(bold(cell) if lo > 0 or hi < 0 else cell)
+            mean = np.mean([100 * d["diff"] for d in changes.values()])
+            body.append([arm, f"{name}: change (points)", *cells, f"{mean:+.1f}",
+                         f"+{up}/-{down} of {len(changes)}"])  # fmt: skip
+            if task in targets:
+                continue
+            shares = {k: 100 * d["changed"] for k, d in changes.items()}
+            body.append([arm, f"{name}: changed (%)",
+                         *(f"{shares[k]:.1f}" if k in shares else "-" for k in seeds),
+                         f"{np.mean(list(shares.values())):.1f}", ""])  # fmt: skip
+        for measure, value, form in (
+            ("Drift", lambda r: r.last_drift()["frobenius"] if r.drift else math.nan, "{:.3g}"),
+            ("KL (nats/token)", Run.last_prior_kl, "{:.4f}"),
+        ):
+            vals = {k: value(r) for k, r in by_seed.items()}
+            vals = {k: v for k, v in vals.items() if not math.isnan(v)}
+            if vals:
+                body.append([arm, measure,
+                             *(form.format(vals[k]) if k in vals else "-" for k in seeds),
+                             form.format(np.mean(list(vals.values()))), ""])  # fmt: skip
+    notes = [
+        "% Each arm's seeds side by side: changes from the first to the last evaluation with",
+        "% Newcombe's paired 95 % interval (bold: it excludes 0); needs \\usepackage{booktabs}.",
+    ]
+    return _render(head, body, fmt, notes)
+
+
 # Each table: (writer(runs, fmt), has_data(runs), reason when it has none).
 TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str]] = {
     "accuracy_change": (
@@ -1091,7 +1180,13 @@ TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str
     "arm_comparison": (
         arm_comparison_table,
         lambda rs: bool(arm_pairs(rs)),
-        "no two runs evaluated a task last at the same iteration on the same examples",
+        "no two runs of one seed evaluated a task last at the same iteration on the same "
+        "examples",
+    ),
+    "seeds": (
+        seed_table,
+        lambda rs: any(len(g) > 1 for g in seed_groups(rs).values()),
+        "no arm has runs of several seeds",
     ),
 }
 
