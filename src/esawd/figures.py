@@ -1180,8 +1180,7 @@ TABLES: dict[str, tuple[Callable[..., str], Callable[[Sequence[Run]], bool], str
     "arm_comparison": (
         arm_comparison_table,
         lambda rs: bool(arm_pairs(rs)),
-        "no two runs of one seed evaluated a task last at the same iteration on the same "
-        "examples",
+        "no two runs of one seed evaluated a task last at the same iteration on the same examples",
     ),
     "seeds": (
         seed_table,
