@@ -249,6 +249,12 @@ def test_kl_of_two_models_is_positive_and_matches_numpy(tiny):
     assert abs(got["kl"] - sum(diff) / tokens) <= tol
     assert abs(got["kl_prompt_avg"] - np.mean(per_prompt)) <= tol
     assert got["num_tokens"] == tokens
+    # the per-prompt values the bootstrap interval resamples add back up to the estimate
+    assert len(got["prompt_sums"]) == len(got["prompt_tokens"]) == got["num_prompts"]
+    assert sum(got["prompt_tokens"]) == tokens
+    assert sum(got["prompt_sums"]) / tokens == pytest.approx(got["kl"], rel=1e-9)
+    lo, hi = analysis.kl_interval(got["prompt_sums"], got["prompt_tokens"])
+    assert lo <= got["kl"] <= hi and lo < hi
 
 
 def test_kl_samples_round_trip_through_the_cache(tiny, tmp_path):

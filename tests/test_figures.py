@@ -496,8 +496,12 @@ def test_seeds_are_labelled_paired_within_and_set_side_by_side(tmp_path, tiny_di
         (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
         d = {"iteration": 12, "frobenius": drift, "relative": 0.1, "per_module": {}}
         (workdir / analysis.DRIFT_FILE).write_text(json.dumps(d) + "\n")
-        kl = [{"iteration": 12, "task": "piqa", "kl": drift / 1000}]
-        (workdir / analysis.KL_FILE).write_text(json.dumps(kl[0]) + "\n")
+        kl = {"iteration": 12, "task": "piqa", "kl": drift / 1000}
+        if seed == 1:  # a row that kept its per-prompt values: KL gets its bootstrap interval
+            tokens = [10, 20, 30, 40]
+            kl |= {"prompt_sums": [drift / 1000 * k * f for k, f in zip(tokens, (0.5, 1.5, 1, 1))],
+                   "prompt_tokens": tokens}  # fmt: skip
+        (workdir / analysis.KL_FILE).write_text(json.dumps(kl) + "\n")
         workdirs.append(workdir)
     runs = figures.load_runs(workdirs)
     x0, x1, y0 = runs
@@ -523,8 +527,10 @@ def test_seeds_are_labelled_paired_within_and_set_side_by_side(tmp_path, tiny_di
     changed = row[(x0.arm, "PIQA: changed (%)")].strip("| ").split(" | ")
     assert changed[2:4] == [f"{100 * d0['changed']:.1f}", f"{100 * d1['changed']:.1f}"]
     assert row[(x0.arm, "Drift")].strip("| ").split(" | ")[2:5] == ["30", "20", "25"]
+    lo, hi = figures.load_runs(workdirs)[1].last_prior_kl_ci()
+    assert lo < 0.02 < hi and x0.last_prior_kl_ci() is None  # x0's row kept no prompt values
     assert row[(x0.arm, "KL (nats/token)")].strip("| ").split(" | ")[2:5] == [
-        "0.0300", "0.0200", "0.0250"
+        "0.0300", f"0.0200 [{lo:.4f}, {hi:.4f}]", "0.0250"
     ]  # fmt: skip
     assert row[(y0.arm, "Drift")].strip("| ").split(" | ")[2:4] == ["10", "-"]
     # the target first in each arm, from the trainer's held-out evaluations

@@ -102,3 +102,38 @@ def test_examples_needed_for_a_3_point_change_and_its_power_by_simulation():
     assert 0.72 < detected < 0.88  # the exact test is a little conservative
     with pytest.raises(ValueError, match="change=0.2, discordant=0.1"):
         stats.examples_needed(0.2, 0.1)
+
+
+def test_kl_interval_resamples_prompts_around_the_token_weighted_estimate():
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(8, 65, 32)
+    sums = rng.normal(0.02, 0.04, 32) * tokens
+    lo, hi = stats.kl_interval(sums, tokens)
+    assert lo < sums.sum() / tokens.sum() < hi
+    assert stats.kl_interval(sums, tokens) == (lo, hi)  # seeded: the same rows, the same interval
+    # four times the prompts from the same distribution: about half the width
+    tokens4 = rng.integers(8, 65, 128)
+    lo4, hi4 = stats.kl_interval(rng.normal(0.02, 0.04, 128) * tokens4, tokens4)
+    assert 0.3 < (hi4 - lo4) / (hi - lo) < 0.75
+    # every prompt at the same KL per token: no spread to resample
+    assert stats.kl_interval(0.05 * tokens, tokens) == pytest.approx((0.05, 0.05))
+
+
+def test_kl_interval_covers_the_true_kl_about_95_percent():
+    rng = np.random.default_rng(4)
+    hits = 0
+    for _ in range(200):
+        tokens = rng.integers(8, 65, 32)
+        sums = rng.gamma(2.0, 0.01, 32) * tokens  # per-token KL 0.02 on average, skewed
+        lo, hi = stats.kl_interval(sums, tokens, n_resamples=500)
+        hits += lo <= 0.02 <= hi
+    assert 0.85 <= hits / 200 <= 0.99
+
+
+def test_kl_interval_refuses_what_it_cannot_resample():
+    with pytest.raises(ValueError, match="at least two prompts"):
+        stats.kl_interval([0.1], [10])
+    with pytest.raises(ValueError, match="equally long"):
+        stats.kl_interval([0.1, 0.2], [10])
+    with pytest.raises(ValueError, match="positive token counts"):
+        stats.kl_interval([0.1, 0.2], [10, 0])

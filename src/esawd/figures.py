@@ -131,6 +131,17 @@ class Run:
         prior = [r["kl"] for r in self.kl if r["iteration"] == last and r["task"] != self.target]
         return float(np.mean(prior)) if prior else float("nan")
 
+    def last_prior_kl_ci(self) -> tuple[float, float] | None:
+        """`analysis.stats.kl_interval` of `last_prior_kl` when it is one prior task's KL whose
+        row kept its per-prompt values (rows written before they were kept have none)."""
+        if not self.kl:
+            return None
+        last = max(r["iteration"] for r in self.kl)
+        prior = [r for r in self.kl if r["iteration"] == last and r["task"] != self.target]
+        if len(prior) != 1 or len(prior[0].get("prompt_sums", [])) < 2:
+            return None
+        return analysis.stats.kl_interval(prior[0]["prompt_sums"], prior[0]["prompt_tokens"])
+
     def evaluations(self, task: str) -> list[dict[str, Any]]:
         """`task`'s evaluations that kept per-example results ({iteration, correct}, in
         iteration order); the target's from the trainer's held-out evaluations when the
@@ -355,7 +366,8 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     prior tasks dotted), (b) the share of each prior task's examples whose result changed
     either way, with its Wilson interval (an undirected walk raises it even where accuracy
     stays level), (c) the final weight drift, (d) the final KL(base || tuned), averaged over
-    the prior tasks (the paper's Figures 1, 4 and 5 in one)."""
+    the prior tasks, with its bootstrap interval where kept (`Run.last_prior_kl_ci`) (the
+    paper's Figures 1, 4 and 5 in one)."""
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     x = np.arange(len(runs))
     tasks = _task_order(_ordered_union([r.paired_tasks for r in runs]))
@@ -391,8 +403,19 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     axes[2].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
     axes[2].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(c) Weight drift")
     kls = [r.last_prior_kl() for r in runs]
-    axes[3].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
-    axes[3].set(ylabel="nats / token", title="(d) KL(base || tuned), prior-task prompts")
+    cis = [r.last_prior_kl_ci() for r in runs]
+    yerr = np.array(
+        [[k - c[0], c[1] - k] if c else [0.0, 0.0] for k, c in zip(kls, cis, strict=True)]
+    )
+    axes[3].bar(
+        x,
+        kls,
+        yerr=yerr.T if any(cis) else None,
+        capsize=3,
+        color=[f"C{i}" for i in range(len(runs))],
+    )
+    axes[3].set(ylabel="nats / token (bootstrap 95 % CI where kept)",
+                title="(d) KL(base || tuned), prior-task prompts")  # fmt: skip
     for a in axes:
         a.set_xticks(x, [r.label for r in runs], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
@@ -1112,7 +1135,8 @@ def seed_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
     """Each arm's seeds side by side: per task, the change from the first to the last
     evaluation (points, Newcombe's paired 95 % interval, bold where it excludes 0) and, for
     prior tasks, the share of examples whose result changed (%); the final weight drift and
-    the final KL(base || tuned) on prior-task prompts. Mean: over the seeds that have the
+    the final KL(base || tuned) on prior-task prompts (with its bootstrap interval where the
+    rows kept per-prompt values, `Run.last_prior_kl_ci`). Mean: over the seeds that have the
     measure; Called: in how many seeds the change's interval lay above / below 0. With a few
     seeds this is a replication count, not a test across seeds."""
     if fmt not in ("markdown", "latex"):
@@ -1148,16 +1172,21 @@ def seed_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
             body.append([arm, f"{name}: changed (%)",
                          *(f"{shares[k]:.1f}" if k in shares else "-" for k in seeds),
                          f"{np.mean(list(shares.values())):.1f}", ""])  # fmt: skip
-        for measure, value, form in (
-            ("Drift", lambda r: r.last_drift()["frobenius"] if r.drift else math.nan, "{:.3g}"),
-            ("KL (nats/token)", Run.last_prior_kl, "{:.4f}"),
-        ):
+        for measure, value, interval, form in (
+            ("Drift", lambda r: r.last_drift()["frobenius"] if r.drift else math.nan,
+             lambda r: None, "{:.3g}"),
+            ("KL (nats/token)", Run.last_prior_kl, Run.last_prior_kl_ci, "{:.4f}"),
+        ):  # fmt: skip
             vals = {k: value(r) for k, r in by_seed.items()}
             vals = {k: v for k, v in vals.items() if not math.isnan(v)}
-            if vals:
-                body.append([arm, measure,
-                             *(form.format(vals[k]) if k in vals else "-" for k in seeds),
-                             form.format(np.mean(list(vals.values()))), ""])  # fmt: skip
+            if not vals:
+                continue
+            cells = []
+            for k in seeds:
+                ci = interval(by_seed[k]) if k in vals else None
+                cell = form.format(vals[k]) if k in vals else "-"
+                cells.append(f"{cell} [{form.format(ci[0])}, {form.format(ci[1])}]" if ci else cell)
+            body.append([arm, measure, *cells, form.format(np.mean(list(vals.values()))), ""])
     notes = [
         "% Each arm's seeds side by side: changes from the first to the last evaluation with",
         "% Newcombe's paired 95 % interval (bold: it excludes 0); needs \\usepackage{booktabs}.",

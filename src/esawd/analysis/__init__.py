@@ -35,6 +35,7 @@ from esawd.analysis.forgetting import (
 from esawd.analysis.kl import KLSamples, kl_divergence, log_probs, sample_base
 from esawd.analysis.stats import (
     examples_needed,
+    kl_interval,
     mcnemar_p,
     mcnemar_power,
     paired_difference,
@@ -60,6 +61,7 @@ __all__ = [
     "format_ranges",
     "has_tied_head",
     "kl_divergence",
+    "kl_interval",
     "likelihood",
     "log_probs",
     "examples_needed",

@@ -10,7 +10,8 @@ writes, inside the run directory (`python -m experiments.evaluate` is the comman
                           correct}; a task scored by option log-likelihood (`likelihood`)
                           as task "<name>:ll" {iteration, task, accuracy, num_examples,
                           num_options, scoring, correct}
-    kl.jsonl             {iteration, task, kl, kl_prompt_avg, num_tokens, num_prompts}
+    kl.jsonl             {iteration, task, kl, kl_prompt_avg, num_tokens, num_prompts,
+                          prompt_sums, prompt_tokens}
     weight_drift.jsonl   {iteration, frobenius, relative, per_module, per_layer, mean_abs,
                           max_abs, num_params}
     kl_samples/<task>.npz   the base model's sampled continuations and their log-probs
@@ -30,7 +31,8 @@ reference's `evaluate_kl_divergence.py --subset_size 50`; `"first"`: the first `
 the accuracy examples), one continuation each sampled from theta_0 at temperature 1 (at most
 `kl_max_new_tokens` tokens), scored under theta_0 and theta_t; `kl` is the token-weighted k1
 estimate sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over prompts of each prompt's
-per-token average (`kl.py`). `likelihood` tasks are also (or only) scored without generation:
+per-token average, `prompt_sums` / `prompt_tokens` each prompt's summed difference and tokens
+(for `stats.kl_interval`; `kl.py`). `likelihood` tasks are also (or only) scored without generation:
 the option with the highest log-likelihood per character after a plain-text context is the
 answer (lm-evaluation-harness's acc_norm, `likelihood.py`). Drift: ||theta_t - theta_0||
 accumulated in float64, globally, per module type and per layer (`drift.py`).

@@ -3,7 +3,9 @@ prompt sampled from theta_0 at temperature 1, scored under theta_0 and theta_t; 
 token-weighted k1 estimate sum(log p0 - log pt) / tokens, `kl_prompt_avg` the mean over
 prompts of each prompt's per-token average. These are the reference's
 `token_weighted_kl_divergence` (the one its KL figure plots) and
-`prompt_averaged_kl_divergence` (evaluation/evaluate_kl_divergence.py); continuation lengths
+`prompt_averaged_kl_divergence` (evaluation/evaluate_kl_divergence.py), and per prompt the summed
+difference and its tokens (`prompt_sums`, `prompt_tokens`: `stats.kl_interval` resamples the
+prompts for a bootstrap interval of `kl`); continuation lengths
 count the stop token, as vLLM's do, so no prompt has an empty one. Which prompts:
 `forgetting.kl_examples`.
 """
@@ -91,7 +93,7 @@ def kl_divergence(samples: KLSamples, logp: Sequence[np.ndarray]) -> dict[str, A
     """k1 estimates of KL(base || tuned) from base and tuned log-probs of the base's samples."""
     diff_sum = 0.0
     tokens = 0
-    per_prompt = []
+    per_prompt, sums, counts = [], [], []
     for b, lp in enumerate(logp):
         mask = samples.cont_mask(b)
         d = np.where(mask, samples.base_logp[b].astype(np.float64) - lp.astype(np.float64), 0.0)
@@ -100,9 +102,14 @@ def kl_divergence(samples: KLSamples, logp: Sequence[np.ndarray]) -> dict[str, A
         diff_sum += float(row_sum.sum())
         tokens += int(n.sum())
         per_prompt += [float(s / k) for s, k in zip(row_sum, n, strict=True) if k > 0]
+        sums += [float(s) for s, k in zip(row_sum, n, strict=True) if k > 0]
+        counts += [int(k) for k in n if k > 0]
     return {
         "kl": diff_sum / tokens if tokens else 0.0,
         "kl_prompt_avg": float(np.mean(per_prompt)) if per_prompt else 0.0,
         "num_tokens": tokens,
         "num_prompts": sum(len(x) for x in samples.lengths),
+        # per prompt: summed log p0 - log pt and its tokens, for `stats.kl_interval`
+        "prompt_sums": sums,
+        "prompt_tokens": counts,
     }

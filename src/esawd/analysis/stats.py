@@ -14,6 +14,10 @@
   examples expected to flip (Connor 1987, "Sample size for testing differences in proportions
   for the paired-sample design"), for sizing an experiment before running it.
 
+- `kl_interval(prompt_sums, prompt_tokens)`: a bootstrap interval of the token-weighted KL
+  estimate sum(sums) / sum(tokens), resampling prompts (`scipy.stats.bootstrap`, paired,
+  percentile method): the prompts are the sampling unit, their tokens are not independent.
+
 Pairing matters: the same held-out examples are scored at the start and at the end, so most
 examples agree and the change is far less noisy than two independent accuracies would be.
 Wilson's interval and McNemar's exact test are scipy's (`scipy.stats.binomtest`); Newcombe's
@@ -127,3 +131,33 @@ def paired_difference(
         "changed_ci": wilson_interval(gained + lost, n, z=z),
         "p_mcnemar": mcnemar_p(lost, gained),
     }
+
+
+def kl_interval(
+    prompt_sums: Sequence[float],
+    prompt_tokens: Sequence[int],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the token-weighted KL estimate
+    sum(prompt_sums) / sum(prompt_tokens) (`analysis.kl_divergence`'s `kl`), resampling
+    whole prompts with their token counts (scipy.stats.bootstrap, paired); seeded, so the
+    same rows give the same interval."""
+    x = np.asarray(prompt_sums, float)
+    n = np.asarray(prompt_tokens, float)
+    if x.shape != n.shape or x.ndim != 1 or x.size < 2 or np.any(n <= 0):
+        raise ValueError(
+            "prompt_sums and prompt_tokens must be equally long, with at least two prompts "
+            f"and positive token counts; got shapes {x.shape} and {n.shape}"
+        )
+
+    def ratio(sums, tokens, axis=-1):
+        return np.sum(sums, axis=axis) / np.sum(tokens, axis=axis)
+
+    res = sps.bootstrap(
+        (x, n), ratio, paired=True, vectorized=True, n_resamples=n_resamples,
+        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
