@@ -499,8 +499,11 @@ def test_seeds_are_labelled_paired_within_and_set_side_by_side(tmp_path, tiny_di
         kl = {"iteration": 12, "task": "piqa", "kl": drift / 1000}
         if seed == 1:  # a row that kept its per-prompt values: KL gets its bootstrap interval
             tokens = [10, 20, 30, 40]
-            kl |= {"prompt_sums": [drift / 1000 * k * f for k, f in zip(tokens, (0.5, 1.5, 1, 1))],
-                   "prompt_tokens": tokens}  # fmt: skip
+            spread = zip(tokens, (0.5, 1.5, 1, 1), strict=True)
+            kl |= {
+                "prompt_sums": [drift / 1000 * k * f for k, f in spread],
+                "prompt_tokens": tokens,
+            }
         (workdir / analysis.KL_FILE).write_text(json.dumps(kl) + "\n")
         workdirs.append(workdir)
     runs = figures.load_runs(workdirs)
