@@ -77,6 +77,13 @@ def get_config(arg=None):
         c.es.seed = seed
         c.awd.kind, c.awd.lam = kind, lam
         c.distributed.cpu_devices = 2  # CPU: two members generate at once
+        if n > 16:
+            # es.members_per_batch=0 picks as many as the memory plan fits in each CPU device's
+            # share of the host (28 of 32 here); es_n64 then reached 24.3 GB resident of the
+            # host's 25 GB and was OOM-killed, an evaluation running beside it (2026-12-06; its
+            # plan said 2 devices x 9.3 GiB: the plan runs about 30 % under the resident size).
+            # 16 at a time: how many generate at once, not what they are (a resumable key).
+            c.es.members_per_batch = 16
     else:
         c.grpo.num_steps = ITERATIONS
         c.grpo.prompts_per_step = PROMPTS
