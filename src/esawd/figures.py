@@ -388,8 +388,10 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
             star, name = task in targets, _TABLE_NAMES.get(task, _nice(task))
             ax.errorbar(xs, mid, yerr=[lo, hi], fmt="*" if star else "o", ms=8 if star else 5,
                         capsize=3, color=f"C{j}", label=name)  # fmt: skip
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # above the points, in room made for it
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi + 0.3 * (hi - lo))
+            ax.legend(fontsize=8, ncols=2, loc="upper center")
 
     bars(axes[0], "diff", with_targets=True)
     axes[0].axhline(0, color="0.5", lw=0.8)
@@ -403,17 +405,12 @@ def plot_findings(runs: Sequence[Run]) -> plt.Figure:
     axes[2].bar(x, drift, color=[f"C{i}" for i in range(len(runs))])
     axes[2].set(ylabel=r"$\|\theta_T - \theta_0\|_F$", title="(c) Weight drift")
     kls = [r.last_prior_kl() for r in runs]
-    cis = [r.last_prior_kl_ci() for r in runs]
-    yerr = np.array(
-        [[k - c[0], c[1] - k] if c else [0.0, 0.0] for k, c in zip(kls, cis, strict=True)]
-    )
-    axes[3].bar(
-        x,
-        kls,
-        yerr=yerr.T if any(cis) else None,
-        capsize=3,
-        color=[f"C{i}" for i in range(len(runs))],
-    )
+    axes[3].bar(x, kls, color=[f"C{i}" for i in range(len(runs))])
+    with_ci = [(i, kls[i], ci) for i, r in enumerate(runs) if (ci := r.last_prior_kl_ci())]
+    if with_ci:  # only the runs whose rows kept per-prompt values
+        i, k, ci = (np.array(v) for v in zip(*with_ci, strict=True))
+        yerr = np.stack([k - ci[:, 0], ci[:, 1] - k])
+        axes[3].errorbar(i, k, yerr=yerr, fmt="none", ecolor="k", capsize=3)
     axes[3].set(ylabel="nats / token (bootstrap 95 % CI where kept)",
                 title="(d) KL(base || tuned), prior-task prompts")  # fmt: skip
     for a in axes:
