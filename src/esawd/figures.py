@@ -122,22 +122,21 @@ class Run:
     def last_drift(self) -> dict[str, Any] | None:
         return max(self.drift, key=lambda r: r["iteration"]) if self.drift else None
 
+    def _last_prior_kl_rows(self) -> list[dict[str, Any]]:
+        """The prior tasks' KL rows at the last iteration with KL rows."""
+        last = max((r["iteration"] for r in self.kl), default=None)
+        return [r for r in self.kl if r["iteration"] == last and r["task"] != self.target]
+
     def last_prior_kl(self) -> float:
         """KL(base || tuned) at the last iteration with KL rows, averaged over the prior
         tasks' prompts; nan without one."""
-        if not self.kl:
-            return float("nan")
-        last = max(r["iteration"] for r in self.kl)
-        prior = [r["kl"] for r in self.kl if r["iteration"] == last and r["task"] != self.target]
-        return float(np.mean(prior)) if prior else float("nan")
+        prior = self._last_prior_kl_rows()
+        return float(np.mean([r["kl"] for r in prior])) if prior else float("nan")
 
     def last_prior_kl_ci(self) -> tuple[float, float] | None:
         """`analysis.stats.kl_interval` of `last_prior_kl` when it is one prior task's KL whose
         row kept its per-prompt values (rows written before they were kept have none)."""
-        if not self.kl:
-            return None
-        last = max(r["iteration"] for r in self.kl)
-        prior = [r for r in self.kl if r["iteration"] == last and r["task"] != self.target]
+        prior = self._last_prior_kl_rows()
         if len(prior) != 1 or len(prior[0].get("prompt_sums", [])) < 2:
             return None
         return analysis.stats.kl_interval(prior[0]["prompt_sums"], prior[0]["prompt_tokens"])
