@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 PYTEST_WORKERS ?= $(shell nproc)
 test: lint
 	@.ci/env.sh $(PY)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --reruns 1 --only-rerun crashed --durations=5
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --reruns 1 --only-rerun crashed --durations=15
 
 # The numeric test files under XLA:CPU conditions that reorder reductions (docs/testing.md);
 # CONDITIONS="one-core worst" picks some, ARGS="tests/test_grpo.py" other files.
