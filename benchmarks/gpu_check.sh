@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check a GPU machine in one go (docs/gpu.md), from the repository root:
 #
-#   benchmarks/gpu_check.sh [--cpu] [--no-install] [--results DIR]
+#   benchmarks/gpu_check.sh [--cpu] [--no-install] [--results DIR] [--axes 1,2]
 #
 #   1. install   python -m pip install -e '.[cuda12,test]'; jax.devices() must show a GPU
 #   2. parity    the model parity tests: float32 logits against transformers (as a run
@@ -16,8 +16,10 @@
 #
 # --cpu is the dry run on a CPU: no install, no GPU assertion, the parity tests collected (the
 # suite runs them on the CPU anyway), the iteration with --tiny on 2 faked CPU devices
-# (JAX_NUM_CPU_DEVICES=2), model axis 1 and 2. --no-install uses the current Python as it is. Results go to --results, else
-# $OUT when set, else gpu_check_results/. $PYTHON names the interpreter (default: python).
+# (JAX_NUM_CPU_DEVICES=2), model axis 1 and 2. --no-install uses the current Python as it is.
+# --axes picks the model axes of step 3 (comma-separated; the suite's dry run takes 1, the
+# axis of a one-GPU machine). Results go to --results, else $OUT when set, else
+# gpu_check_results/. $PYTHON names the interpreter (default: python).
 # Every step runs under `timeout`; on an H200 the whole check takes a few minutes once the
 # wheels are installed. Exits 1 if any step failed, after the summary.
 set -euo pipefail
@@ -27,17 +29,23 @@ CPU=0
 CPU_FLAG=""
 INSTALL=1
 RESULTS=${OUT:-gpu_check_results}
+AXES_ARG=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --cpu) CPU=1; INSTALL=0; CPU_FLAG=" --cpu" ;;
     --no-install) INSTALL=0 ;;
     --results) RESULTS=${2:?--results needs a directory}; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown option $1 (use --cpu, --no-install, --results DIR)" >&2
+    --axes) AXES_ARG=${2:?--axes needs model axes, e.g. 1,2}; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $1 (use --cpu, --no-install, --results DIR, --axes 1,2)" >&2
        exit 2 ;;
   esac
   shift
 done
+if [[ -n $AXES_ARG && ! $AXES_ARG =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
+  echo "gpu_check.sh: --axes $AXES_ARG: use positive integers, e.g. 1,2" >&2
+  exit 2
+fi
 if [[ ! -f setup.cfg || ! -d benchmarks ]]; then
   echo "gpu_check.sh: run it from the repository root (benchmarks/gpu_check.sh)" >&2
   exit 2
@@ -123,6 +131,9 @@ if [[ $CPU == 1 ]]; then
 elif [[ $(nvidia-smi -L 2>/dev/null | wc -l) -ge 2 ]]; then
   AXES=(1 2)
 fi
+if [[ -n $AXES_ARG ]]; then
+  IFS=, read -r -a AXES <<<"$AXES_ARG"
+fi
 for m in "${AXES[@]}"; do
   json=$RESULTS/gpu_iteration_m$m.json
   rm -f "$json"  # a failed run leaves no stale figures
@@ -138,7 +149,7 @@ TABLE=$("$PY" -m benchmarks.gpu_iteration --summarize "${JSONS[@]}") || FAILED=1
   echo
   echo "## gpu_check.sh summary ($(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n))"
   echo
-  echo "command: benchmarks/gpu_check.sh${CPU_FLAG}"
+  echo "command: benchmarks/gpu_check.sh${CPU_FLAG}${AXES_ARG:+ --axes $AXES_ARG}"
   echo
   echo "| step | status | seconds |"
   echo "|---|---|---|"

@@ -55,13 +55,16 @@ def test_cpu_dry_run_of_the_gpu_check(tmp_path):
     env["PYTHON"] = sys.executable
     results = tmp_path / "results"
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--cpu", "--results", str(results)],
+        ["bash", "benchmarks/gpu_check.sh", "--cpu", "--axes", "1", "--results", str(results)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     table = out[out.index("| model_axis | devices |") :]
-    for m in (1, 2):
+    # model axis 1 only (--axes 1; the axis of a one-GPU machine): each axis is a subprocess
+    # that compiles for ~20 s. Axis 2's split members: tests/test_mesh.py.
+    assert "\n| 2 | 2 | cpu |" not in table and not (results / "gpu_iteration_m2.json").exists()
+    for m in (1,):
         assert f"\n| {m} | 2 | cpu | tiny | 4 x 8 x 16 |" in table, table
         r = json.loads((results / f"gpu_iteration_m{m}.json").read_text())
         assert (r["model_axis"], r["devices"], r["pop"]) == (m, 2, 2 // m)
@@ -74,3 +77,13 @@ def test_cpu_dry_run_of_the_gpu_check(tmp_path):
             4 * 8 * 16 / r["steady"]["generation_s"]
         )
     assert (results / "summary.md").read_text().strip() in out
+    assert "command: benchmarks/gpu_check.sh --cpu --axes 1" in out
+
+
+def test_gpu_check_refuses_bad_axes(tmp_path):
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu", "--axes", "1,x", "--results", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHON": "false"},  # fails before any Python would run
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--axes 1,x: use positive integers" in proc.stderr

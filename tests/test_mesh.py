@@ -135,7 +135,7 @@ def one_device(tmp_path_factory, tiny_dir):
 
 
 # Low rank split over the model axis, across two processes: test_trainer.py's
-# test_two_processes_equal_one[2-4].
+# test_two_processes_equal_one.
 @pytest.mark.parametrize("model_axis", [2, 4])
 def test_es_run_split_over_the_model_axis_equals_one_device(
     tmp_path, tiny_dir, four_devices, one_device, model_axis
