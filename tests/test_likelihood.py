@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from esawd import models, tasks
+from esawd import models, sampling, tasks
 from esawd.analysis import likelihood
 from esawd.tasks.base import Choices
 
@@ -32,13 +32,29 @@ ITEMS = [
 ]
 
 
-def test_batched_option_scores_equal_one_unpadded_pair_at_a_time(tiny):
-    # batch 2 over 7 pairs of three lengths: sorting, left and right padding, a short last batch
-    got = likelihood.option_scores(tiny.config, tiny.params, tiny.tokenizer, ITEMS, batch_size=2)
+@pytest.mark.parametrize("batch_size", [2, 7])
+def test_batched_option_scores_equal_one_unpadded_pair_at_a_time(tiny, batch_size):
+    """Each context runs once and its options share its cache: one item a batch (2 // 3
+    options), or two (7 // 3) with the last batch padded by a copy; contexts of three lengths
+    left-padded, options of 2 and 3 (the 2-option items pad a third) right-padded."""
+    got = likelihood.option_scores(
+        tiny.config, tiny.params, tiny.tokenizer, ITEMS, batch_size=batch_size
+    )
     for item, scores in zip(ITEMS, got, strict=True):
         want = [direct_score(tiny, item.context, o) for o in item.options]
         np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
         assert (scores < 0).all()
+
+
+def test_option_log_probs_name_bad_shapes(tiny):
+    ids, mask = np.ones((2, 4), np.int32), np.ones((2, 4), bool)
+    with pytest.raises(ValueError, match=r"opt_ids \(2, 3\) and opt_mask \(2, 3\) must share"):
+        sampling.option_log_probs(tiny.config, tiny.params, ids, mask, ids[:, :3], mask[:, :3])
+    right_padded = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    with pytest.raises(ValueError, match="ctx_mask row 0 is not left-padded"):
+        sampling.option_log_probs(
+            tiny.config, tiny.params, ids, right_padded, ids[:, None], mask[:, None]
+        )
 
 
 def test_the_answer_is_the_best_option_per_character(tiny, monkeypatch):

@@ -49,38 +49,46 @@ def option_scores(
     config, params, tokenizer, items: Sequence[Choices], *, batch_size: int, pad_id: int = 0
 ) -> list[np.ndarray]:
     """Per item, the summed log-likelihood of each option (read as " " + option) after the
-    context. (item, option) pairs are sorted by length so that batches pad little."""
-    pairs = []
+    context (`sampling.option_log_probs`: each context runs once, its options share its KV
+    cache). Items are sorted by context length so that batches pad little; a batch holds
+    batch_size // (most options) items, at least one."""
+    encoded = []
     for i, item in enumerate(items):
         context = _encode(tokenizer, item.context)
         if not context:
             raise ValueError(f"item {i} has an empty context; every option needs one to follow")
+        options = []
         for j, option in enumerate(item.options):
-            cont = _encode(tokenizer, " " + option)
-            if not cont:
+            options.append(_encode(tokenizer, " " + option))
+            if not options[-1]:
                 raise ValueError(f"item {i} option {j} ({option!r}) has no tokens")
-            pairs.append((i, j, context, cont))
-    order = sorted(range(len(pairs)), key=lambda k: (len(pairs[k][2]), len(pairs[k][3])))
+        encoded.append((context, options))
     scores = [np.zeros(len(item.options)) for item in items]
-    for start in range(0, len(order), batch_size):
-        chunk = [pairs[k] for k in order[start : start + batch_size]]
-        width = _ceil(max(len(p[2]) for p in chunk), _PROMPT_BUCKET)
-        cwidth = _ceil(max(len(p[3]) for p in chunk), _OPTION_BUCKET)
-        rows = batch_size  # a fixed batch (padded with copies of its last pair) compiles once
-        ids = np.full((rows, width), pad_id, np.int32)
-        mask = np.zeros((rows, width), bool)
-        cont = np.full((rows, cwidth), pad_id, np.int32)
-        cmask = np.zeros((rows, cwidth), bool)
-        for r in range(rows):
-            _, _, ctx, c = chunk[min(r, len(chunk) - 1)]
+    if not items:
+        return scores
+    most = max(len(item.options) for item in items)
+    per_batch = max(1, batch_size // most)  # a fixed item count: a few shapes compile
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
+        chunk += chunk[-1:] * (per_batch - len(chunk))  # padded with copies of its last item
+        width = _ceil(max(len(encoded[i][0]) for i in chunk), _PROMPT_BUCKET)
+        cwidth = _ceil(max(len(o) for i in chunk for o in encoded[i][1]), _OPTION_BUCKET)
+        ids = np.full((per_batch, width), pad_id, np.int32)
+        mask = np.zeros((per_batch, width), bool)
+        cont = np.full((per_batch, most, cwidth), pad_id, np.int32)
+        cmask = np.zeros((per_batch, most, cwidth), bool)
+        for r, i in enumerate(chunk):
+            ctx, options = encoded[i]
             ids[r, width - len(ctx) :] = ctx
             mask[r, width - len(ctx) :] = True
-            cont[r, : len(c)] = c
-            cmask[r, : len(c)] = True
-        lp = sampling.sequence_log_probs(config, params, ids, mask, cont, cmask)
-        lp = np.asarray(es.host_value(lp))
-        for r, (i, j, _, _) in enumerate(chunk):
-            scores[i][j] = float(np.where(cmask[r], lp[r], 0.0).sum())
+            for j, c in enumerate(options):
+                cont[r, j, : len(c)] = c
+                cmask[r, j, : len(c)] = True
+        lp = sampling.option_log_probs(config, params, ids, mask, cont, cmask)
+        sums = np.asarray(es.host_value(lp)).sum(axis=-1)  # [per_batch, most], 0 on padding
+        for r, i in enumerate(chunk[: len(order) - start]):
+            scores[i] = sums[r, : len(items[i].options)].astype(np.float64)
     return scores
 
 
