@@ -18,8 +18,11 @@ NUMERIC=(tests/test_es.py tests/test_grpo.py tests/test_models.py tests/test_sam
 # name|prefix run before python (env assignments and/or taskset). Not here: disabling the
 # fusion pass itself (--xla_disable_hlo_passes=fusion) crashes XLA:CPU (jaxlib 0.10) with a
 # segfault while compiling es_step, so `unfused` switches the fusion emitters off instead.
+# The suite compiles with most XLA optimizations off (tests/conftest.py); `optimized` compiles
+# as users' runs do, and every other condition keeps the suite's setting.
 CONDITIONS=(
   "default|"
+  "optimized|env JAX_DISABLE_MOST_OPTIMIZATIONS=0"
   "devices-1|env JAX_NUM_CPU_DEVICES=1"
   "devices-8|env JAX_NUM_CPU_DEVICES=8"
   "one-core|taskset -c 0"

@@ -11,6 +11,13 @@ those from disk (benchmarks/compile_cache_bench.py: a later tiny ES run 5.8x fas
 process's first 2.6x; docs/benchmarks.md). It lives in a temporary directory removed after
 the session, so every `make test` starts cold like CI; JAX_COMPILATION_CACHE_DIR names one
 to keep instead. The environment variables carry it into the tests' subprocesses.
+
+The suite also compiles with most of XLA's optimizations off (`jax_disable_most_optimizations`:
+LLVM at -O0, no expensive passes; the HLO passes, fusion included, still run): its programs
+are tiny and run once, so compiling is most of their cost (benchmarks/unoptimized_tests_bench.py:
+a third less time on the sampler and low-rank tests; docs/testing.md). A module whose fixture
+computes for long takes `tiny_model.optimized_xla()` around it. JAX_DISABLE_MOST_OPTIMIZATIONS=0
+compiles everything as users' runs do (tests/conditions.sh `optimized`).
 """
 
 import atexit
@@ -22,6 +29,9 @@ import jax
 import pytest
 
 NUM_CPU_DEVICES = int(os.environ.get("JAX_NUM_CPU_DEVICES", "4"))
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # carried into subprocesses
+UNOPTIMIZED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
+jax.config.update("jax_disable_most_optimizations", UNOPTIMIZED)
 
 # Must run before any backend initialises.
 jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)

@@ -10,7 +10,7 @@ import pytest
 import tiny_model
 from numerics import assert_greedy_picks, assert_same_greedy, assert_sum_close, logit_tol
 from test_es import make_params, to_np
-from tiny_model import assert_bitwise, leaves
+from tiny_model import assert_bitwise, leaves, optimized_xla
 
 from esawd import es, models, sampling, settings, toy
 from esawd.es import method as es_method
@@ -371,11 +371,12 @@ TOY = dict(num_iterations=200, dim=2000, num_constrained=10, alpha=5e-4, sigma=1
 
 @pytest.fixture(scope="module")
 def toy_runs():
-    return {
-        "n8": toy.run_random_walk(population_size=8, **TOY),
-        "n32": toy.run_random_walk(population_size=32, **TOY),
-        "awd": toy.run_random_walk(population_size=8, lam=20.0, kind="l2", **TOY),
-    }
+    with optimized_xla():  # 600 ES iterations: compute-bound (tests/conftest.py)
+        return {
+            "n8": toy.run_random_walk(population_size=8, **TOY),
+            "n32": toy.run_random_walk(population_size=32, **TOY),
+            "awd": toy.run_random_walk(population_size=8, lam=20.0, kind="l2", **TOY),
+        }
 
 
 def test_lowrank_toy_drift_grows_like_t_over_n_and_awd_bounds_it(toy_runs):

@@ -1,5 +1,8 @@
 """tests/numerics.py: the tolerances hold for real reorderings and still catch real bugs."""
 
+import os
+
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from numerics import (
     float_tol,
     forward_terms,
 )
+from tiny_model import optimized_xla
 
 from esawd.models import ModelConfig
 
@@ -79,3 +83,14 @@ def test_greedy_checks_accept_near_ties_only():
     assert_same_greedy(np.array([[1, 1, 0]]), np.array([[1, 0, 2]]), logits, tol=1e-4)
     with pytest.raises(AssertionError, match="first differs at step 0"):
         assert_same_greedy(np.array([[1, 1, 0]]), np.array([[2, 1, 0]]), logits, tol=1e-4)
+
+
+def test_suite_compiles_unoptimized_and_optimized_xla_restores():
+    """tests/conftest.py turns most XLA optimizations off (unless the environment says 0);
+    tiny_model.optimized_xla turns them on for a block and restores the suite's setting."""
+    flag = "jax_disable_most_optimizations"
+    want = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
+    assert jax.config.values[flag] is want
+    with optimized_xla():
+        assert jax.config.values[flag] is False
+    assert jax.config.values[flag] is want

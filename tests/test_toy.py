@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from tiny_model import optimized_xla
 
 from esawd import toy
 
@@ -14,12 +15,13 @@ COMMON = dict(num_iterations=500, dim=2000, num_constrained=10, alpha=5e-4, sigm
 
 @pytest.fixture(scope="module")
 def runs():
-    return {
-        "n30": toy.run_random_walk(population_size=30, **COMMON),
-        "n128": toy.run_random_walk(population_size=128, **COMMON),
-        "n256": toy.run_random_walk(population_size=256, **COMMON),
-        "awd": toy.run_random_walk(population_size=30, lam=10.0, kind="l2", **COMMON),
-    }
+    with optimized_xla():  # compute-bound: 2x slower as the suite compiles by default
+        return {
+            "n30": toy.run_random_walk(population_size=30, **COMMON),
+            "n128": toy.run_random_walk(population_size=128, **COMMON),
+            "n256": toy.run_random_walk(population_size=256, **COMMON),
+            "awd": toy.run_random_walk(population_size=30, lam=10.0, kind="l2", **COMMON),
+        }
 
 
 def at(run, t):
