@@ -407,6 +407,30 @@ def _picked_log_probs(config, p, h, targets, chunk):
 log_probs_jit = jax.jit(token_log_probs, static_argnames=("config", "chunk"))
 
 
+def _checked_masks(config, prompt_mask, ids, mask, names, layout):
+    """The boolean masks of left-padded prompts and the right-padded continuations `ids`
+    scored after them (shape `layout`, the prompts' rows first), checked: padding sides,
+    shapes, and that prompt + continuation fit the model's context. `names`: the prompt and
+    continuation argument prefixes and what a continuation is called in errors."""
+    prompt, cont, what = names
+    prompt_mask = np.asarray(prompt_mask, bool)
+    _check_left_padded(prompt_mask, f"{prompt}_mask")
+    mask = np.asarray(mask, bool)
+    rank = layout.count(",") + 1
+    if np.asarray(ids).shape != mask.shape or mask.ndim != rank or len(mask) != len(prompt_mask):
+        raise ValueError(
+            f"{cont}_ids {np.asarray(ids).shape} and {cont}_mask {mask.shape} must share a "
+            f"shape {layout} with the {len(prompt_mask)} rows of {prompt}_mask"
+        )
+    total = int(prompt_mask.sum(axis=1).max()) + mask.shape[-1]
+    if total > config.max_position:
+        raise ValueError(
+            f"{prompt} + {what} of {total} tokens exceeds the context of "
+            f"{config.max_position} tokens"
+        )
+    return prompt_mask, mask
+
+
 def sequence_log_probs(
     config: ModelConfig,
     params: Params,
@@ -422,20 +446,9 @@ def sequence_log_probs(
     Continuations are right-padded (cont_mask True on real tokens), e.g. `generate`'s tokens
     with `arange(C) < lengths[:, None]`.
     """
-    mask = np.asarray(prompt_mask, bool)
-    _check_left_padded(mask, "prompt_mask")
-    cont_mask = np.asarray(cont_mask, bool)
-    if np.asarray(cont_ids).shape != cont_mask.shape or cont_mask.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"cont_ids {np.asarray(cont_ids).shape} and cont_mask {cont_mask.shape} must share "
-            f"a shape with the prompt's batch size {mask.shape[0]}"
-        )
-    total = int(mask.sum(axis=1).max()) + cont_mask.shape[1]
-    if total > config.max_position:
-        raise ValueError(
-            f"prompt + continuation of {total} tokens exceeds the context of "
-            f"{config.max_position} tokens"
-        )
+    mask, cont_mask = _checked_masks(
+        config, prompt_mask, cont_ids, cont_mask, ("prompt", "cont", "continuation"), "[B, C]"
+    )
     return log_probs_jit(
         config, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(mask),
         jnp.asarray(cont_ids, jnp.int32), jnp.asarray(cont_mask),
@@ -487,21 +500,9 @@ def option_log_probs(
     contexts and many options (MMLU-Pro: ~70 context tokens, ten options of ~11) reads about a
     quarter of the tokens that scoring each pair as its own sequence does.
     """
-    mask = np.asarray(ctx_mask, bool)
-    _check_left_padded(mask, "ctx_mask")
-    opt_mask = np.asarray(opt_mask, bool)
-    items = mask.shape[0]
-    if np.asarray(opt_ids).shape != opt_mask.shape or opt_mask.ndim != 3 or len(opt_mask) != items:
-        raise ValueError(
-            f"opt_ids {np.asarray(opt_ids).shape} and opt_mask {opt_mask.shape} must share a "
-            f"shape [items, options, tokens] with the contexts' {items} items"
-        )
-    total = int(mask.sum(axis=1).max()) + opt_mask.shape[2]
-    if total > config.max_position:
-        raise ValueError(
-            f"context + option of {total} tokens exceeds the context of "
-            f"{config.max_position} tokens"
-        )
+    mask, opt_mask = _checked_masks(
+        config, ctx_mask, opt_ids, opt_mask, ("ctx", "opt", "option"), "[items, options, tokens]"
+    )
     return _option_log_probs(
         config, params, jnp.asarray(ctx_ids, jnp.int32), jnp.asarray(mask),
         jnp.asarray(opt_ids, jnp.int32), jnp.asarray(opt_mask), chunk=min(chunk, opt_mask.shape[2]),
