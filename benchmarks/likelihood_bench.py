@@ -57,11 +57,8 @@ def per_pair_scores(config, params, tokenizer, items, *, batch_size: int) -> lis
 
 
 def answers(items, scores) -> np.ndarray:
-    """acc_norm's choice per item (`likelihood.choice_accuracy`)."""
-    return np.array([
-        int(np.argmax(s / np.array([len(" " + o) for o in item.options], float)))
-        for item, s in zip(items, scores, strict=True)
-    ])  # fmt: skip
+    """acc_norm's choice per item (`likelihood.best_option`)."""
+    return np.array([likelihood.best_option(i, s) for i, s in zip(items, scores, strict=True)])
 
 
 def timed(fn) -> tuple[float, object]:

@@ -27,11 +27,11 @@ import tempfile
 
 import jax
 import pytest
+from tiny_model import unoptimized_from_env
 
 NUM_CPU_DEVICES = int(os.environ.get("JAX_NUM_CPU_DEVICES", "4"))
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # carried into subprocesses
-UNOPTIMIZED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
-jax.config.update("jax_disable_most_optimizations", UNOPTIMIZED)
+jax.config.update("jax_disable_most_optimizations", unoptimized_from_env())
 
 # Must run before any backend initialises.
 jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)

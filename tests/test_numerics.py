@@ -1,7 +1,5 @@
 """tests/numerics.py: the tolerances hold for real reorderings and still catch real bugs."""
 
-import os
-
 import jax
 import ml_dtypes
 import numpy as np
@@ -14,7 +12,7 @@ from numerics import (
     float_tol,
     forward_terms,
 )
-from tiny_model import optimized_xla
+from tiny_model import optimized_xla, unoptimized_from_env
 
 from esawd.models import ModelConfig
 
@@ -89,7 +87,7 @@ def test_suite_compiles_unoptimized_and_optimized_xla_restores():
     """tests/conftest.py turns most XLA optimizations off (unless the environment says 0);
     tiny_model.optimized_xla turns them on for a block and restores the suite's setting."""
     flag = "jax_disable_most_optimizations"
-    want = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
+    want = unoptimized_from_env()
     assert jax.config.values[flag] is want
     with optimized_xla():
         assert jax.config.values[flag] is False

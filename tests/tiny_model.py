@@ -10,6 +10,7 @@ any checkpoint, small enough that a whole ES run takes seconds on a CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import jax
@@ -191,6 +192,17 @@ def set_keys(config, overrides: dict) -> None:
         for p in path:
             node = node[p]
         node[last] = value
+
+
+def unoptimized_from_env() -> bool:
+    """Whether JAX_DISABLE_MOST_OPTIMIZATIONS asks for most XLA optimizations off (the suite's
+    default, tests/conftest.py)."""
+    return os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "1").lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
 
 
 @contextlib.contextmanager

@@ -496,9 +496,9 @@ def option_log_probs(
     pair, with each context run once and its KV cache shared by its options.
 
     Options are right-padded (opt_mask [I, O, C] True on real tokens); an item with fewer
-    options pads with any tokens and ignores their rows. Multiple-choice scoring with long
-    contexts and many options (MMLU-Pro: ~70 context tokens, ten options of ~11) reads about a
-    quarter of the tokens that scoring each pair as its own sequence does.
+    options pads with any tokens and ignores their rows. For multiple choice with long contexts
+    and many options (MMLU-Pro: ten options) it was 3.3x faster than scoring each pair as its
+    own sequence (benchmarks/likelihood_bench.py, docs/benchmarks.md).
     """
     mask, opt_mask = _checked_masks(
         config, ctx_mask, opt_ids, opt_mask, ("ctx", "opt", "option"), "[items, options, tokens]"

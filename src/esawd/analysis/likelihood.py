@@ -92,6 +92,12 @@ def option_scores(
     return scores
 
 
+def best_option(item: Choices, scores: np.ndarray) -> int:
+    """acc_norm's answer: the option with the highest log-likelihood per character of
+    " " + option, given its summed log-likelihoods `scores`."""
+    return int(np.argmax(scores / np.array([len(" " + o) for o in item.options], float)))
+
+
 def choice_accuracy(
     config, params, tokenizer, task, examples: Sequence[dict], *, batch_size: int
 ) -> dict[str, Any]:
@@ -100,10 +106,9 @@ def choice_accuracy(
     items = [task.choices(e) for e in examples]
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     scores = option_scores(config, params, tokenizer, items, batch_size=batch_size, pad_id=pad_id)
-    correct = []
-    for item, s in zip(items, scores, strict=True):
-        per_char = s / np.array([max(len(" " + o), 1) for o in item.options], float)
-        correct.append(int(int(np.argmax(per_char)) == item.answer))
+    correct = [
+        int(best_option(item, s) == item.answer) for item, s in zip(items, scores, strict=True)
+    ]
     return {
         "accuracy": float(np.mean(correct)) if correct else 0.0,
         "num_examples": len(items),
